@@ -1,0 +1,75 @@
+"""tofgan command line: LightningCLI (fit/validate/test/predict) plus a few tool commands.
+
+`tofgan fit --config A.yaml --config B.yaml` trains any LightningModule/DataModule of the suite
+(subclass mode: `class_path` in the configs picks them). Tool commands that are not Trainer
+methods (simulate a cohort, synthesise a patch store, the demo) are plain functions exposed
+through jsonargparse, so every command shares the same `--config`/`--help` behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+
+def _tool_commands() -> dict[str, Callable[..., Any]]:
+    """Imported lazily so `tofgan fit --help` does not pay for every tool's imports."""
+    from simulation.cohort import simulate_cohort
+    from simulation.render import render_tof_nifti
+    from workflows.demo import run_demo
+    from workflows.synthesize import synthesize
+
+    return {
+        "simulate": simulate_cohort,
+        "render-tof": render_tof_nifti,
+        "synthesize": synthesize,
+        "demo": run_demo,
+    }
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.expanduser("~/.netrc")
+    return os.path.exists(netrc) and "api.wandb.ai" in open(netrc, encoding="utf-8").read()
+
+
+class TofganCLI(LightningCLI):
+    """LightningCLI that keeps W&B offline unless the user is logged in."""
+
+    def before_instantiate_classes(self) -> None:
+        # W&B by default, offline (files under the log dir) when the user is not logged in.
+        if not _wandb_logged_in():
+            os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def main(args: Sequence[str] | None = None) -> Any:
+    """Entry point of the `tofgan` console script; tests call `main([...])`.
+
+    Returns the LightningCLI object for Trainer commands (so workflows can read checkpoint paths)
+    and the tool function's return value for tool commands.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in ("simulate", "render-tof", "synthesize", "demo"):
+        from jsonargparse import CLI
+
+        return CLI(_tool_commands()[argv[0]], args=argv[1:], as_positional=False)
+    return TofganCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+        parser_kwargs={"default_env": False},
+    )
+
+
+if __name__ == "__main__":
+    main()

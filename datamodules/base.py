@@ -1,0 +1,224 @@
+"""Shared DataModule machinery: cohort (real or simulated on first use), patient splits, patch cache,
+patch dataset with per-patch normalisation, and per-device batch size.
+
+`batch_size` is the GLOBAL batch size (as the papers state it); each DDP process loads
+batch_size // world_size, and a batch size not divisible by the world size is refused rather than
+silently changing the effective batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.cohort import CohortError, PatientRecord, discover_cohort, has_cohort_files
+from datamodules.patch_store import PatchStore, build_patch_store
+from datamodules.patches import PatchSettings
+from datamodules.splits import split_patients
+
+log = logging.getLogger(__name__)
+
+Normalization = Literal["minmax", "zscore", "none"]
+
+
+@dataclass
+class SimulationSpec:
+    """How to simulate the cohort when cohort_dir holds none (arguments of simulation.cohort.simulate_cohort)."""
+
+    profile: str = "pegasus"
+    n_patients: int = 66
+    scale: float = 1.0
+    seed: int = 0
+
+
+def normalize_patch(x: np.ndarray, mode: Normalization) -> np.ndarray:
+    """Per-patch normalisation. minmax → [-1, 1] (a constant patch maps to -1, i.e. background);
+    zscore → zero mean, unit SD (a constant patch maps to 0)."""
+    x = np.asarray(x, dtype=np.float32)
+    if mode == "none":
+        return x
+    if mode == "minmax":
+        lo, hi = float(x.min()), float(x.max())
+        if hi <= lo:
+            return np.full_like(x, -1.0)
+        return (x - lo) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)
+    if mode == "zscore":
+        sd = float(x.std())
+        return (x - np.float32(x.mean())) / np.float32(sd if sd > 0 else 1.0)
+    raise ValueError(f"unknown normalization {mode!r}; expected 'minmax', 'zscore' or 'none'")
+
+
+def simulated_patient_ids(root: Path) -> list[str] | None:
+    """Patient ids listed in a finished simulated cohort's cohort.json, or None."""
+    path = root / "cohort.json"
+    if not path.is_file():
+        return None
+    ids = json.loads(path.read_text()).get("patient_ids")
+    return list(ids) if isinstance(ids, list) else None
+
+
+def simulated_cohort_matches(root: Path, spec: SimulationSpec) -> bool:
+    """True if root holds a finished simulated cohort made with `spec` (cohort.json is written last)."""
+    path = root / "cohort.json"
+    if not path.is_file():
+        return False
+    made = json.loads(path.read_text())
+    want = {"profile": spec.profile, "n_patients": spec.n_patients, "seed": spec.seed, "scale": float(spec.scale)}
+    return all(made.get(k) == v for k, v in want.items())
+
+
+class PatchDataset(Dataset):
+    """Patches of a PatchStore (subset by index) as {"image": (1,*patch) f32, "label": (1,*patch) f32}.
+
+    The store is opened lazily in each worker: a pickled memmap would be copied whole into spawned workers.
+    """
+
+    def __init__(self, store_root: str | Path, indices: np.ndarray | None = None,
+                 normalization: Normalization = "none") -> None:
+        self.store_root = Path(store_root)
+        self.normalization = normalization
+        self._store: PatchStore | None = None
+        self.indices = np.arange(len(self.store)) if indices is None else np.asarray(indices, dtype=np.int64)
+
+    @property
+    def store(self) -> PatchStore:
+        if self._store is None:
+            self._store = PatchStore(self.store_root)
+        return self._store
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        j = int(self.indices[i])
+        image = normalize_patch(np.array(self.store.images[j], dtype=np.float32), self.normalization)  # copy: memmap is read-only
+        label = np.array(self.store.labels[j], dtype=np.float32)
+        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
+
+
+class CohortDataModule(L.LightningDataModule):
+    """Base: subclasses set `self.patch_settings` (None = no patch cache) and define the loaders."""
+
+    patch_settings: PatchSettings | None = None
+
+    def __init__(
+        self,
+        cohort_dir: str,
+        simulate: SimulationSpec | None = None,
+        n_train: int = 41,
+        n_val: int = 11,
+        n_test: int = 14,
+        split_seed: int = 0,
+        cache_dir: str = ".cache/patches",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(simulate, dict):
+            simulate = SimulationSpec(**simulate)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.cohort_dir = Path(cohort_dir)
+        self.simulate = simulate
+        self.n_train, self.n_val, self.n_test, self.split_seed = n_train, n_val, n_test, split_seed
+        self.cache_dir = Path(cache_dir)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.records: list[PatientRecord] = []
+        self.splits: dict[str, list[str]] = {}
+        self.store: PatchStore | None = None
+
+    # ------------------------------------------------------------------ cohort, splits, cache
+    def ensure_cohort(self) -> None:
+        """Simulate the cohort if `simulate` is set and cohort_dir holds none (or an unfinished simulated one)."""
+        if self.simulate is None:
+            if not has_cohort_files(self.cohort_dir):
+                raise CohortError(f"{self.cohort_dir}: no cohort found (expected cohort.csv or "
+                                  f"<patient_id>/image.nii.gz folders); point cohort_dir at a cohort or set `simulate`")
+            return
+        if simulated_cohort_matches(self.cohort_dir, self.simulate):
+            return
+        if has_cohort_files(self.cohort_dir) and not (self.cohort_dir / "cohort.json").is_file():
+            prefix = f"{self.simulate.profile}-sim-"
+            if (self.cohort_dir / "cohort.csv").is_file() or not all(
+                    r.patient_id.startswith(prefix) for r in discover_cohort(self.cohort_dir)):
+                raise CohortError(f"{self.cohort_dir}: holds a cohort that the simulator did not make (no cohort.json); "
+                                  "set `simulate: null` to use it, or point cohort_dir at an empty folder")
+        from simulation.cohort import simulate_cohort  # lazy: the data layer must not need the simulator
+
+        log.info("simulating cohort %s into %s", self.simulate, self.cohort_dir)
+        # Resumes an interrupted simulation; refuses (clearly) a cohort.json made with other settings.
+        simulate_cohort(str(self.cohort_dir), profile=self.simulate.profile, n_patients=self.simulate.n_patients,
+                        seed=self.simulate.seed, scale=self.simulate.scale, overwrite=False, progress=True)
+
+    def _load_cohort(self) -> None:
+        records = discover_cohort(self.cohort_dir)
+        listed = simulated_patient_ids(self.cohort_dir) if self.simulate is not None else None
+        if listed is not None:  # a simulated cohort lists its patients: ignore extra folders
+            records = [r for r in records if r.patient_id in set(listed)]
+        self.records = records
+        self.splits = split_patients([r.patient_id for r in self.records], self.n_train, self.n_val,
+                                     self.n_test, self.split_seed)
+
+    def records_of(self, split: str) -> list[PatientRecord]:
+        ids = set(self.splits[split])
+        return [r for r in self.records if r.patient_id in ids]
+
+    def patch_patients(self) -> list[str]:
+        """Patients whose patches are cached; test patients are evaluated on whole volumes only."""
+        return self.splits["train"] + self.splits["val"]
+
+    def _build_store(self) -> PatchStore | None:
+        if self.patch_settings is None:
+            return None
+        ids = set(self.patch_patients())
+        return build_patch_store([r for r in self.records if r.patient_id in ids], self.cache_dir,
+                                 self.patch_settings)
+
+    def prepare_data(self) -> None:
+        self.ensure_cohort()
+        self._load_cohort()
+        self._build_store()
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.records:
+            self.ensure_cohort()
+            self._load_cohort()
+        if stage in (None, "fit", "validate") and self.store is None:
+            self.store = self._build_store()  # a cache hit after prepare_data; builds if it was skipped
+
+    # ------------------------------------------------------------------ loaders
+    @property
+    def world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+
+    @property
+    def per_device_batch_size(self) -> int:
+        ws = self.world_size
+        if self.batch_size % ws:
+            raise ValueError(f"batch_size {self.batch_size} is the global batch and must be divisible by the "
+                             f"world size {ws}")
+        return self.batch_size // ws
+
+    def _loader(self, dataset: Dataset, *, batch_size: int | None = None, shuffle: bool = False,
+                drop_last: bool = False, **kwargs: object) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.per_device_batch_size if batch_size is None else batch_size,
+                          shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers, generator=gen,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          **kwargs)
+
+    def state_dict(self) -> dict:
+        return {"splits": self.splits, "simulate": asdict(self.simulate) if self.simulate else None}

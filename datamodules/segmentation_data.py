@@ -1,0 +1,89 @@
+"""Segmentation data: train on real and/or synthetic patches, validate on real val patches, test/predict on
+whole real volumes. Images stay raw (normalization="none"): the segmentation module z-scores each
+patch/window itself, which is what lets raw real patches and [-1, 1] synthetic patches be pooled."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from datamodules.base import CohortDataModule, Normalization, PatchDataset, SimulationSpec
+from datamodules.patch_store import PatchStore
+from datamodules.patches import PatchSettings
+from datamodules.volumes import VolumeDataset
+
+
+class SegmentationDataModule(CohortDataModule):
+    def __init__(
+        self,
+        cohort_dir: str,
+        simulate: SimulationSpec | None = None,
+        n_train: int = 41,
+        n_val: int = 11,
+        n_test: int = 14,
+        split_seed: int = 0,
+        cache_dir: str = ".cache/patches",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        patch_size: list[int] = [96, 96],  # noqa: B006 - read only
+        n_vessel: int = 500,
+        n_random: int = 500,
+        grid: list[int] = [3, 3, 2],  # noqa: B006
+        normalization: Normalization = "none",
+        use_real: bool = True,
+        synthetic_stores: list[str] = [],  # noqa: B006
+        predict_split: Literal["train", "val", "test"] = "test",
+    ) -> None:
+        super().__init__(cohort_dir, simulate, n_train, n_val, n_test, split_seed, cache_dir, batch_size,
+                         num_workers, seed)
+        if not use_real and not synthetic_stores:
+            raise ValueError("SegmentationDataModule: use_real is False and no synthetic_stores given: "
+                             "there would be no training data")
+        self.patch_settings = PatchSettings(tuple(patch_size), n_vessel, n_random, tuple(grid), seed)  # type: ignore[arg-type]
+        self.normalization: Normalization = normalization
+        self.use_real = use_real
+        self.synthetic_stores = [str(s) for s in synthetic_stores]
+        self.predict_split = predict_split
+        self.train_set: Dataset | None = None
+        self.val_set: PatchDataset | None = None
+
+    def patch_patients(self) -> list[str]:
+        return (self.splits["train"] if self.use_real else []) + self.splits["val"]
+
+    def _synthetic_sets(self) -> list[PatchDataset]:
+        sets = []
+        for root in self.synthetic_stores:
+            store = PatchStore(root)
+            if store.patch_size != self.patch_settings.patch_size:
+                raise ValueError(f"{root}: synthetic patch size {store.patch_size} differs from patch_size "
+                                 f"{self.patch_settings.patch_size}")
+            sets.append(PatchDataset(root, None, self.normalization))
+        return sets
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if self.store is None:
+            return
+        parts: list[Dataset] = []
+        if self.use_real:
+            parts.append(PatchDataset(self.store.root, self.store.indices_for(self.splits["train"]),
+                                      self.normalization))
+        parts += self._synthetic_sets()
+        self.train_set = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        self.val_set = PatchDataset(self.store.root, self.store.indices_for(self.splits["val"]), self.normalization)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        return self._loader(self.train_set, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup('fit') first"
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(VolumeDataset(self.records_of("test")), batch_size=1)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(VolumeDataset(self.records_of(self.predict_split)), batch_size=1)

@@ -1,0 +1,260 @@
+"""Base LightningModule of the 2D GANs (WGAN-GP now, DCGAN and DP-WGAN on top of it later).
+
+What every GAN of the suite shares lives here, so the subclasses only write their losses:
+- manual optimisation with two optimisers, `configure_optimizers` → `[critic_opt, generator_opt]`
+  (index 0 = critic/discriminator, index 1 = generator; `self.optimizers()` returns them in that order);
+- label encoding of real batches ({0,1} → tanh range) and decoding (threshold) of generated labels;
+- training noise drawn from per-step seeded generators: a resumed run draws exactly the noise the
+  uninterrupted run would have drawn (the global RNG is not in Lightning checkpoints);
+- a fixed-noise buffer for sample grids, made from `sample_seed` alone (independent of the global RNG,
+  saved in the checkpoint, so the grid is the same before and after a resume);
+- checkpoints that reload from plain data: the networks are stored in the hyper-parameters as
+  `{"class_path", "init_args"}` (what LightningCLI stores too), never pickled, and the concrete class is
+  written to `checkpoint["gan_class"]` so `workflows.synthesize` knows which class to load.
+
+Subclasses implement `training_step` and count their optimiser steps in `self.step_counts` ("critic",
+"generator"), which seeds the noise and is saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import os
+import zlib
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from tqdm.auto import tqdm
+
+DEFAULT_THRESHOLD = {"symmetric": 0.0, "binary": 0.8}
+
+
+def import_object(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    if not module:
+        raise ValueError(f"lightning_modules/gan_base.py: {class_path!r} is not a dotted class path")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_network(spec: nn.Module | dict[str, Any], name: str) -> nn.Module:
+    """A network from a module or a `{"class_path", "init_args"}` dict (checkpoint hyper-parameters)."""
+    if isinstance(spec, nn.Module):
+        return spec
+    if isinstance(spec, dict) and "class_path" in spec:
+        cls = import_object(spec["class_path"])
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise TypeError(
+                f"lightning_modules/gan_base.py: {name} class_path {spec['class_path']!r} is not an nn.Module"
+            )
+        return cls(**spec.get("init_args", {}))
+    raise TypeError(
+        f"lightning_modules/gan_base.py: {name} must be an nn.Module or a class_path dict, got {type(spec).__name__}"
+        " (a checkpoint without a network spec loads with load_from_checkpoint(path, {name}=module))"
+    )
+
+
+def network_spec(module: nn.Module, name: str) -> dict[str, Any] | None:
+    """`{"class_path", "init_args"}` from a network's `init_args` attribute; None (with a warning) without one."""
+    init_args = getattr(module, "init_args", None)
+    if not isinstance(init_args, dict):
+        rank_zero_warn(
+            f"{name} ({type(module).__name__}) has no `init_args` dict: the checkpoint cannot rebuild it; pass"
+            f" {name}=... to load_from_checkpoint."
+        )
+        return None
+    return {"class_path": f"{type(module).__module__}.{type(module).__qualname__}", "init_args": dict(init_args)}
+
+
+def build_optimizer(spec: OptimizerCallable | dict[str, Any] | None) -> OptimizerCallable:
+    """Optimiser factory; None → Adam(1e-4, β=(0.0, 0.9)), the WGAN-GP paper setting."""
+    if spec is None:
+        return functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.0, 0.9))
+    if isinstance(spec, dict):
+        return functools.partial(import_object(spec["class_path"]), **spec.get("init_args", {}))
+    return spec
+
+
+def optimizer_spec(spec: Any) -> Any:
+    """A picklable-as-data form of an optimiser callable: partial(Class, **kw) → class_path dict, else None."""
+    if spec is None or isinstance(spec, dict):
+        return spec
+    if isinstance(spec, functools.partial) and isinstance(spec.func, type) and not spec.args:
+        return {"class_path": f"{spec.func.__module__}.{spec.func.__qualname__}", "init_args": dict(spec.keywords)}
+    return None  # lambdas etc.: the reloaded module falls back to the default optimiser
+
+
+def _built_by_cli() -> bool:
+    """True while LightningCLI instantiates the module: its hparams are then class_path dicts already."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - older/newer Lightning
+        return False
+    return _given_hyperparameters.get() is not None
+
+
+class GANModule(LightningModule):
+    """Shared GAN machinery; see the module docstring. Subclasses write `training_step`.
+
+    Args:
+        generator: z (N, latent_dim) → (N, 2, H, W) in [-1, 1] (channel 0 image, channel 1 label).
+        critic: (N, 2, H, W) → (N,) score/logit.
+        generator_optimizer, critic_optimizer: optimiser factories (None: Adam 1e-4, β = (0.0, 0.9)).
+        latent_dim: noise size (must match the generator's `latent_dim` attribute when it has one).
+        label_encoding: "symmetric" maps the {0,1} label to {-1,+1}; "binary" keeps {0,1} (authors' code).
+        label_threshold: generated label > threshold → 1; None → 0.0 (symmetric) / 0.8 (binary).
+        n_sample_grid: fixed-noise samples shown by `callbacks.sample_grid.SampleGridCallback`.
+        sample_seed: seed of that fixed noise.
+        noise_seed: base seed of the training noise; None → the `seed_everything` seed (PL_GLOBAL_SEED) or 0.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        critic: nn.Module,
+        generator_optimizer: OptimizerCallable | None = None,
+        critic_optimizer: OptimizerCallable | None = None,
+        latent_dim: int = 128,
+        label_encoding: Literal["symmetric", "binary"] = "symmetric",
+        label_threshold: float | None = None,
+        n_sample_grid: int = 16,
+        sample_seed: int = 0,
+        noise_seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        from_cli = _built_by_cli()
+        # Networks are stored as specs, never pickled (a 43 M-parameter G would be copied into the hparams).
+        self.save_hyperparameters(ignore=[] if from_cli else ["generator", "critic"])
+        if label_encoding not in DEFAULT_THRESHOLD:
+            raise ValueError(
+                f"lightning_modules/gan_base.py: label_encoding must be 'symmetric' or 'binary', got {label_encoding!r}"
+            )
+        self.automatic_optimization = False
+        self.generator = build_network(generator, "generator")
+        self.critic = build_network(critic, "critic")
+        g_latent = getattr(self.generator, "latent_dim", latent_dim)
+        if g_latent != latent_dim:
+            raise ValueError(
+                f"lightning_modules/gan_base.py: latent_dim {latent_dim} != generator latent_dim {g_latent}"
+            )
+        self._optimizer_factories = (build_optimizer(critic_optimizer), build_optimizer(generator_optimizer))
+        if not from_cli:
+            for key, net in (("generator", generator), ("critic", critic)):
+                self.hparams[key] = net if isinstance(net, dict) else network_spec(net, key)
+            for key in ("generator_optimizer", "critic_optimizer"):
+                self.hparams[key] = optimizer_spec(self.hparams[key])
+        threshold = DEFAULT_THRESHOLD[label_encoding] if label_threshold is None else float(label_threshold)
+        self.hparams["label_threshold"] = threshold  # resolved, so checkpoints and manifests state it
+        self._hparams_initial = copy.deepcopy(self._hparams)
+        self.latent_dim = latent_dim
+        self.label_encoding = label_encoding
+        self.label_threshold: float = self.hparams["label_threshold"]
+        noise = torch.randn(n_sample_grid, latent_dim, generator=torch.Generator().manual_seed(sample_seed))
+        self.register_buffer("grid_noise", noise, persistent=True)
+        self.step_counts: dict[str, int] = {"critic": 0, "generator": 0}
+
+    # ----------------------------------------------------------------- optimisers and checkpoints
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """[critic optimiser, generator optimiser] — index 0 is the critic everywhere in the suite."""
+        critic_factory, generator_factory = self._optimizer_factories
+        return [critic_factory(self.critic.parameters()), generator_factory(self.generator.parameters())]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["gan_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["gan_step_counts"] = dict(self.step_counts)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.step_counts = dict(checkpoint.get("gan_step_counts", {"critic": 0, "generator": 0}))
+
+    @property
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The precision plugin's GradScaler under "16-mixed" (None for 32/bf16 or outside a Trainer)."""
+        trainer = self._trainer
+        return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+
+    # ----------------------------------------------------------------- noise
+    def step_rng(self, phase: str) -> torch.Generator:
+        """Generator for one optimiser step: seeded by (noise seed, rank, step counts, phase).
+
+        Stateless, so a resumed run repeats the uninterrupted run's noise; the rank makes DDP ranks differ.
+        """
+        seed = self.hparams.get("noise_seed")
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
+        rank = self.global_rank if self._trainer is not None else 0
+        counts = self.step_counts
+        entropy = [seed & 0xFFFFFFFF, rank, counts["critic"], counts["generator"], zlib.crc32(phase.encode())]
+        state = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+        return torch.Generator(device=self.device).manual_seed(state)
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = generator.device if generator is not None else self.device
+        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+
+    # ----------------------------------------------------------------- labels
+    def encode_real(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{"image" [-1,1], "label" {0,1}} → (B, 2, H, W) in the generator's output range."""
+        image, label = batch["image"], batch["label"].to(batch["image"].dtype)
+        if image.ndim != 4 or image.shape[1] != 1 or label.shape != image.shape:
+            raise ValueError(
+                f"lightning_modules/gan_base.py: expected image and label of shape (B,1,H,W), got"
+                f" {tuple(image.shape)} and {tuple(label.shape)}"
+            )
+        if self.label_encoding == "symmetric":
+            label = label * 2 - 1
+        return torch.cat([image, label], dim=1)
+
+    def decode_label(self, label: torch.Tensor) -> torch.Tensor:
+        return (label > self.label_threshold).to(torch.uint8)
+
+    # ----------------------------------------------------------------- sampling
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z)
+
+    @torch.no_grad()
+    def sample_grid(self) -> torch.Tensor:
+        """Raw (n_sample_grid, 2, H, W) output for the fixed noise, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.generator(self.grid_noise).float()
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def generate(
+        self, n: int, batch_size: int = 256, seed: int | None = None, progress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """n pairs: images (n,1,H,W) float32 in [-1,1] and labels (n,1,H,W) uint8 {0,1}, on the CPU.
+
+        The noise comes from a CPU generator seeded with `seed` (None: fresh entropy), drawn at once, so
+        the result depends on the seed only, not on `batch_size` or the device. Eval mode (BN running
+        statistics), no grad; the module's train/eval state is restored afterwards.
+        """
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"lightning_modules/gan_base.py: n and batch_size must be ≥ 1, got {n}, {batch_size}")
+        rng = torch.Generator()
+        if seed is None:
+            rng.seed()
+        else:
+            rng.manual_seed(seed)
+        z = torch.randn(n, self.latent_dim, generator=rng)
+        was_training = self.training
+        self.eval()
+        images = labels = torch.empty(0)
+        try:
+            for start in tqdm(range(0, n, batch_size), desc="generating", disable=not progress, unit="batch"):
+                out = self.generator(z[start : start + batch_size].to(self.device)).float().cpu()
+                if start == 0:  # preallocated: 41,000 96×96 pairs are 1.9 GB, no second copy from a cat
+                    images = torch.empty((n, 1, *out.shape[2:]), dtype=torch.float32)
+                    labels = torch.empty((n, 1, *out.shape[2:]), dtype=torch.uint8)
+                images[start : start + len(out)] = out[:, :1]
+                labels[start : start + len(out)] = self.decode_label(out[:, 1:2])
+        finally:
+            self.train(was_training)
+        return images, labels

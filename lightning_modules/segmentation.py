@@ -1,0 +1,226 @@
+"""Vessel segmentation: trains on patch batches, evaluates whole volumes by sliding window.
+
+Model selection uses `val/dsc`: the hard DSC (threshold `threshold`) pooled over all validation patch
+voxels of the epoch (torchmetrics `BinaryF1Score`, which is 2TP/(2TP+FP+FN), synced under DDP), as the
+papers selected the U-Net on the validation DSC. Monitor it with mode "max".
+
+Input normalisation happens here, not in the data: z-score per patch in training and per sliding window
+at inference (inside the window predictor), so train and test see the same statistics whether the patches
+are raw, [-1, 1] GAN output or synthetic.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceLoss
+from torch import nn
+from torchmetrics.classification import BinaryF1Score
+
+from metrics.segmentation import METRIC_NAMES, PerPatientSegmentationMetrics
+
+EMPTY_MASK_POLICY = (
+    "both masks empty: DSC 1, distances 0; exactly one empty: DSC 0, distances NaN and left out of the distance "
+    "means (counted as n_undefined)"
+)
+
+
+def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-sample z-score over channels and space; a constant window maps to 0 rather than to inf."""
+    dims = tuple(range(1, x.ndim))
+    mean = x.mean(dims, keepdim=True)
+    std = x.std(dims, keepdim=True, unbiased=False)
+    return (x - mean) / std.clamp_min(eps)
+
+
+class SegmentationModule(LightningModule):
+    """Half U-Net (or any logits net) trained with soft Dice; per-patient DSC/95HD/bAVD at test time.
+
+    Args:
+        net: a network returning logits, 2D (`len(roi_size) == 2`, applied slice by slice along z) or 3D.
+        optimizer: optimiser factory, injected by LightningCLI (paper: Adam, lr 1e-4 or 8e-5; set lr in config).
+        input_norm: "zscore" per patch / per window, or "none".
+        threshold: probability threshold for binary masks.
+        roi_size: sliding-window size; 2 entries → axial 2D windows, 3 entries → 3D windows.
+        overlap, sw_batch_size, sw_mode: `monai.inferers.sliding_window_inference` settings.
+        slice_batch: axial slices per sliding-window call, bounding memory for 2D nets on whole volumes.
+        report_dir: where test CSV/JSON go; default the trainer's log dir.
+
+    Loss: `DiceLoss(sigmoid=True, smooth_nr=1, smooth_dr=1, batch=True)` = 1 − Dice_smooth1 over the whole
+    batch, i.e. the paper's −Dice (Keras `dice_coef` with smooth 1 on the flattened batch) plus a constant.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        input_norm: Literal["zscore", "none"] = "zscore",
+        threshold: float = 0.5,
+        roi_size: Sequence[int] = (96, 96),
+        overlap: float = 0.5,
+        sw_batch_size: int = 64,
+        sw_mode: Literal["gaussian", "constant"] = "gaussian",
+        slice_batch: int = 64,
+        report_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if len(roi_size) not in (2, 3):
+            raise ValueError(f"SegmentationModule: roi_size must have 2 or 3 entries, got {list(roi_size)}")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"SegmentationModule: overlap must be in [0, 1), got {overlap}")
+        self.save_hyperparameters()
+        self.net = net
+        self.optimizer = optimizer
+        self.input_norm = input_norm
+        self.threshold = float(threshold)
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.overlap, self.sw_batch_size, self.sw_mode = float(overlap), int(sw_batch_size), sw_mode
+        self.slice_batch = int(slice_batch)
+        self.report_dir = report_dir
+        self.loss_fn = DiceLoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0, batch=True)
+        self.train_dsc = BinaryF1Score(threshold=self.threshold, zero_division=1.0)
+        self.val_dsc = BinaryF1Score(threshold=self.threshold, zero_division=1.0)
+        self.test_metrics = PerPatientSegmentationMetrics()
+        self.test_metrics_intracranial = PerPatientSegmentationMetrics()
+
+    # ---------------------------------------------------------------- forward / inference
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return zscore(x) if self.input_norm == "zscore" else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of patches, normalised as in training."""
+        return self.net(self.normalise(x))
+
+    def _window_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(x))
+
+    def _sliding(self, x: torch.Tensor) -> torch.Tensor:
+        return sliding_window_inference(
+            x, self.roi_size, self.sw_batch_size, self._window_probs, overlap=self.overlap, mode=self.sw_mode
+        )
+
+    @torch.no_grad()
+    def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
+        """Probabilities for volumes (B, 1, X, Y, Z); 2D nets see axial slices (z) as their batch."""
+        if image.ndim != 5:
+            raise ValueError(f"SegmentationModule: volume batches must be (B, 1, X, Y, Z), got {tuple(image.shape)}")
+        image = image.float()
+        if len(self.roi_size) == 3:
+            return torch.cat([self._sliding(image[b : b + 1]) for b in range(image.shape[0])]).float()
+        out = []
+        for b in range(image.shape[0]):
+            slices = image[b].permute(3, 0, 1, 2)  # (1, X, Y, Z) → (Z, 1, X, Y)
+            probs = [self._sliding(slices[i : i + self.slice_batch]) for i in range(0, slices.shape[0], self.slice_batch)]
+            out.append(torch.cat(probs).permute(1, 2, 3, 0))  # (Z, 1, X, Y) → (1, X, Y, Z)
+        return torch.stack(out).float()
+
+    # ---------------------------------------------------------------- patch steps
+    def _patch_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image, label = batch["image"].float(), batch["label"].float()
+        logits = self(image)
+        return self.loss_fn(logits, label), torch.sigmoid(logits.detach()), label
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, probs, label = self._patch_step(batch)
+        bs = label.shape[0]
+        self.train_dsc(probs, label.long())
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("train/dsc", self.train_dsc, on_step=True, on_epoch=True, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, probs, label = self._patch_step(batch)
+        bs = label.shape[0]
+        self.val_dsc.update(probs, label.long())
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.log("val/dsc", self.val_dsc, on_epoch=True, prog_bar=True, batch_size=bs)
+
+    # ---------------------------------------------------------------- volume steps
+    def _volume_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prob = self.predict_volume(batch["image"])
+        return {
+            "prob": prob,
+            "pred": (prob >= self.threshold).to(torch.uint8),
+            "patient_id": list(batch["patient_id"]),
+            "affine": batch["affine"],
+        }
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        out = self._volume_outputs(batch)
+        pred, label = out["pred"].bool(), batch["label"] > 0.5
+        spacing = batch.get("spacing")
+        self.test_metrics.update(pred, label, spacing, out["patient_id"])
+        brain = batch.get("brain_mask")
+        if brain is not None:
+            brain = brain > 0.5
+            self.test_metrics_intracranial.update(pred & brain, label & brain, spacing, out["patient_id"])
+        return out
+
+    def on_test_epoch_end(self) -> None:
+        results, tables = {}, {}
+        groups = (("all", "test", self.test_metrics), ("intracranial", "test/intracranial", self.test_metrics_intracranial))
+        # compute/per_patient_table are collectives: every rank calls both, whatever its own data.
+        for group, prefix, metric in groups:
+            with warnings.catch_warnings():  # a rank (or a cohort without brain masks) may have no rows: fine
+                warnings.filterwarnings("ignore", message=".*was called before the ``update``.*")
+                res, table = metric.compute(), metric.per_patient_table()
+            metric.reset()
+            if res["n_patients"].item() == 0:
+                continue
+            results[group], tables[group] = {k: v.item() for k, v in res.items()}, table
+            for name in METRIC_NAMES:
+                self.log(f"{prefix}/{name}", res[f"{name}_mean"].float(), sync_dist=True)
+                for stat in ("mean", "std", "n_undefined"):
+                    self.log(f"{prefix}/{name}_{stat}", res[f"{name}_{stat}"].float(), sync_dist=True)
+            self.log(f"{prefix}/n_patients", res["n_patients"].float(), sync_dist=True)
+        if self.trainer.is_global_zero and results:
+            self._write_report(results, tables)
+
+    def _write_report(self, results: dict[str, dict[str, float]], tables: dict[str, list[dict]]) -> None:
+        """test_per_patient.csv (one row per patient, intracranial_* columns when masks exist) + test_summary.json."""
+        out_dir = Path(self.report_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows: dict[str, dict[str, Any]] = {}
+        fields = ["patient_id"]
+        for group, table in tables.items():
+            col = "" if group == "all" else f"{group}_"
+            fields += [f"{col}{n}" for n in METRIC_NAMES]
+            for r in table:
+                rows.setdefault(r["patient_id"], {"patient_id": r["patient_id"]}).update(
+                    {f"{col}{n}": r[n] for n in METRIC_NAMES}
+                )
+        with open(out_dir / "test_per_patient.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows[k] for k in sorted(rows))
+
+        def clean(v: float) -> float | None:  # JSON has no NaN
+            return None if math.isnan(v) else v
+
+        summary = {
+            "results": {g: {m: clean(v) for m, v in r.items()} for g, r in results.items()},
+            "threshold": self.threshold,
+            "std": "sample standard deviation over patients (ddof=1)",
+            "hd95": "95th percentile of pooled symmetric surface distances, mm",
+            "bavd": "balanced average Hausdorff distance over all label voxels, mm (voxels if spacing is 1)",
+            "empty_mask_policy": EMPTY_MASK_POLICY,
+        }
+        (out_dir / "test_summary.json").write_text(json.dumps(summary, indent=2))
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Probabilities and binary masks on CPU: Lightning keeps predict outputs unless return_predictions=False."""
+        out = self._volume_outputs(batch)
+        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer(self.parameters())
