@@ -22,14 +22,19 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
     from simulation.cohort import simulate_cohort
     from simulation.render import render_tof_nifti
     from workflows.demo import run_demo
+    from workflows.select_checkpoint import select_checkpoint
     from workflows.synthesize import synthesize
 
     return {
         "simulate": simulate_cohort,
         "render-tof": render_tof_nifti,
         "synthesize": synthesize,
+        "select": select_checkpoint,
         "demo": run_demo,
     }
+
+
+TOOL_COMMANDS = ("simulate", "render-tof", "synthesize", "select", "demo")
 
 
 def _wandb_logged_in() -> bool:
@@ -42,6 +47,17 @@ def _wandb_logged_in() -> bool:
 class TofganCLI(LightningCLI):
     """LightningCLI that keeps W&B offline unless the user is logged in."""
 
+    def _parse_ckpt_path(self) -> None:
+        """With `--ckpt_path`, Lightning rebuilds the model from the checkpoint's hyper-parameters, overriding
+        the config. Here a model given in the config wins (so test-time settings such as `report_dir` or the
+        sliding-window overlap can be changed); without one the checkpoint's hyper-parameters are used.
+        """
+        subcommand = self.config.get("subcommand")
+        model = self.config[subcommand].get("model") if subcommand else None
+        if model is not None and model.get("class_path"):
+            return
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         # W&B by default, offline (files under the log dir) when the user is not logged in.
         if not _wandb_logged_in():
@@ -51,14 +67,21 @@ class TofganCLI(LightningCLI):
 def main(args: Sequence[str] | None = None) -> Any:
     """Entry point of the `tofgan` console script; tests call `main([...])`.
 
-    Returns the LightningCLI object for Trainer commands (so workflows can read checkpoint paths)
-    and the tool function's return value for tool commands.
+    Called with `args` (from Python), returns the LightningCLI object for Trainer commands (so workflows
+    can read checkpoint paths) and the tool function's return value for tool commands. From the console
+    script (`args` None) it returns None, which the script turns into exit status 0.
     """
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in ("simulate", "render-tof", "synthesize", "demo"):
+    result = _run(argv, from_python=args is not None)
+    return result if args is not None else None
+
+
+def _run(argv: list[str], from_python: bool) -> Any:
+    if argv and argv[0] in TOOL_COMMANDS:
         from jsonargparse import CLI
 
         return CLI(_tool_commands()[argv[0]], args=argv[1:], as_positional=False)
+    # From the console, LightningCLI reads sys.argv itself (passing it again only triggers a warning).
     return TofganCLI(
         LightningModule,
         LightningDataModule,
@@ -66,7 +89,7 @@ def main(args: Sequence[str] | None = None) -> Any:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=argv if from_python else None,
         parser_kwargs={"default_env": False},
     )
 

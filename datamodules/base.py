@@ -220,5 +220,22 @@ class CohortDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
                           **kwargs)
 
+    def data_manifest(self) -> dict:
+        """What a run trained on, for `callbacks.run_manifest.RunManifest`: cohort, split, patch store.
+
+        The patch store's key hashes the extraction settings and every source file's sha256, so equal
+        keys mean byte-identical training patches.
+        """
+        store = self.store.manifest if self.store is not None else {}
+        return {
+            "cohort_dir": str(self.cohort_dir.resolve()),
+            "simulate": asdict(self.simulate) if self.simulate else None,
+            "splits": self.splits,
+            "patch_settings": self.patch_settings.to_dict() if self.patch_settings is not None else None,
+            "patch_store_key": store.get("key"),
+            "sources": {pid: entry.get("sources") for pid, entry in store.get("patients", {}).items()}
+            if isinstance(store.get("patients"), dict) else None,
+        }
+
     def state_dict(self) -> dict:
         return {"splits": self.splits, "simulate": asdict(self.simulate) if self.simulate else None}

@@ -1,11 +1,21 @@
-"""GAN training data: image+label patches of the train patients, image min–max scaled to [-1, 1] per patch."""
+"""GAN training data: image+label patches of the train patients, image min–max scaled to [-1, 1] per patch.
+
+Test stage (`tofgan test` on a GAN checkpoint): the GAN is judged against real patches, so the test loaders
+are [train patches, held-out test-patient patches] (dataloader_idx 0 and 1), the latter extracted with the
+same settings as the training patches into their own cached store (the train/val store is untouched).
+"""
 
 from __future__ import annotations
 
+import numpy as np
 from torch.utils.data import DataLoader
 
 from datamodules.base import CohortDataModule, Normalization, PatchDataset, SimulationSpec
+from datamodules.patch_store import PatchStore, build_patch_store
 from datamodules.patches import PatchSettings
+
+#: dataloader_idx of the test loaders (GANEvaluationCallback reads them by these indices).
+TEST_TRAIN_IDX, TEST_HELDOUT_IDX = 0, 1
 
 
 class GANPatchDataModule(CohortDataModule):
@@ -37,9 +47,32 @@ class GANPatchDataModule(CohortDataModule):
         self.normalization: Normalization = normalization
         self.train_set: PatchDataset | None = None
         self.val_set: PatchDataset | None = None
+        self.test_store: PatchStore | None = None
+        self.test_set: PatchDataset | None = None
+
+    def _testing(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and getattr(trainer.state, "fn", None) == "test"
+
+    def _build_test_store(self) -> PatchStore | None:
+        """Held-out patches of the test patients, extracted like the training patches (own cache key)."""
+        records = self.records_of("test")
+        return build_patch_store(records, self.cache_dir, self.patch_settings) if records else None
+
+    def prepare_data(self) -> None:
+        super().prepare_data()
+        if self._testing():  # once, on the main process, as the train store
+            self._build_test_store()
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
+        if stage == "test":
+            if self.store is None:
+                self.store = self._build_store()
+            if self.test_store is None:
+                self.test_store = self._build_test_store()
+            if self.test_store is not None:
+                self.test_set = PatchDataset(self.test_store.root, None, self.normalization)
         if self.store is not None:
             self.train_set = PatchDataset(self.store.root, self.store.indices_for(self.splits["train"]),
                                           self.normalization)
@@ -58,3 +91,23 @@ class GANPatchDataModule(CohortDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup('fit') first"
         return self._loader(self.val_set)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """[train patches, held-out test patches] (the second only with test patients): real references of
+        the GAN evaluation (FID to train vs to held-out patients = memorisation check)."""
+        assert self.train_set is not None, "call setup('test') first"
+        loaders = [self._loader(self.train_set)]
+        if self.test_set is not None:
+            loaders.append(self._loader(self.test_set))
+        return loaders
+
+    def patch_spacing(self) -> tuple[float, ...] | None:
+        """Voxel size (mm) of the patches' axes, median over the cached patients (in-plane only for 2D
+        patches); used for vessel radii in mm by the label-realism measures. None before setup."""
+        if self.store is None:
+            return None
+        spacings = [p.get("spacing") for p in self.store.manifest.get("patients", {}).values() if p.get("spacing")]
+        if not spacings:
+            return None
+        dims = len(self.patch_settings.patch_size)
+        return tuple(float(v) for v in np.median(np.asarray(spacings, np.float64)[:, :dims], axis=0))

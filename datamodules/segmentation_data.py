@@ -1,6 +1,11 @@
 """Segmentation data: train on real and/or synthetic patches, validate on real val patches, test/predict on
 whole real volumes. Images stay raw (normalization="none"): the segmentation module z-scores each
-patch/window itself, which is what lets raw real patches and [-1, 1] synthetic patches be pooled."""
+patch/window itself, which is what lets raw real patches and [-1, 1] synthetic patches be pooled.
+
+Training data modes (SPEC §4, Kossen et al. 2021 Table 2): real only (`use_real`, no stores), synthetic only
+(`use_real: false` + `synthetic_stores`), real + synthetic ("augmentation" rows), or several synthetic stores
+pooled; validation is always on the real validation patients. `augment` switches on the paper's classical
+augmentation (`datamodules.augmentation`) for the training patches only, real and synthetic alike."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Literal
 
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from datamodules.augmentation import AugmentedDataset
 from datamodules.base import CohortDataModule, Normalization, PatchDataset, SimulationSpec
 from datamodules.patch_store import PatchStore
 from datamodules.patches import PatchSettings
@@ -35,6 +41,7 @@ class SegmentationDataModule(CohortDataModule):
         use_real: bool = True,
         synthetic_stores: list[str] = [],  # noqa: B006
         predict_split: Literal["train", "val", "test"] = "test",
+        augment: bool = False,
     ) -> None:
         super().__init__(cohort_dir, simulate, n_train, n_val, n_test, split_seed, cache_dir, batch_size,
                          num_workers, seed)
@@ -46,6 +53,7 @@ class SegmentationDataModule(CohortDataModule):
         self.use_real = use_real
         self.synthetic_stores = [str(s) for s in synthetic_stores]
         self.predict_split = predict_split
+        self.augment = augment
         self.train_set: Dataset | None = None
         self.val_set: PatchDataset | None = None
 
@@ -72,6 +80,8 @@ class SegmentationDataModule(CohortDataModule):
                                       self.normalization))
         parts += self._synthetic_sets()
         self.train_set = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        if self.augment:
+            self.train_set = AugmentedDataset(self.train_set, seed=self.seed)
         self.val_set = PatchDataset(self.store.root, self.store.indices_for(self.splits["val"]), self.normalization)
 
     def train_dataloader(self) -> DataLoader:

@@ -212,6 +212,14 @@ class GANModule(LightningModule):
     def decode_label(self, label: torch.Tensor) -> torch.Tensor:
         return (label > self.label_threshold).to(torch.uint8)
 
+    # ----------------------------------------------------------------- evaluation loops
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Nothing to compute per batch: defining the step makes Lightning run the validation loop, whose
+        real batches reach `callbacks.gan_evaluation.GANEvaluationCallback` via `on_validation_batch_end`."""
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """As `validation_step`: the test loaders' real patches (train, held-out) go to the evaluation callback."""
+
     # ----------------------------------------------------------------- sampling
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z)

@@ -7,6 +7,13 @@ papers selected the U-Net on the validation DSC. Monitor it with mode "max".
 Input normalisation happens here, not in the data: z-score per patch in training and per sliding window
 at inference (inside the window predictor), so train and test see the same statistics whether the patches
 are raw, [-1, 1] GAN output or synthetic.
+
+Intracranial evaluation (label and prediction both masked by the brain mask) is computed only for patients
+whose batch says `has_brain_mask` true: volume batches always carry a `brain_mask` (all ones when the patient
+has none), and a ones-mask would silently duplicate the all-vessel numbers under the intracranial name.
+
+Transfer learning (Kossen et al. 2021, Fig. 3): `pretrained` names a checkpoint of a U-Net trained on
+synthetic pairs; its network weights are loaded at construction, strictly (same architecture or an error).
 """
 
 from __future__ import annotations
@@ -43,6 +50,44 @@ def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (x - mean) / std.clamp_min(eps)
 
 
+def intracranial_rows(batch: dict[str, Any]) -> list[int]:
+    """Batch rows that have a real brain mask: all rows with a `brain_mask` unless `has_brain_mask` says no."""
+    if batch.get("brain_mask") is None:
+        return []
+    n = len(batch["brain_mask"])
+    has = batch.get("has_brain_mask")
+    if has is None:  # a hand-made batch that gives a mask means it
+        return list(range(n))
+    has = torch.as_tensor(has).reshape(-1).bool().tolist()
+    if len(has) != n:
+        raise ValueError(f"SegmentationModule: has_brain_mask has {len(has)} entries for a batch of {n}")
+    return [i for i, h in enumerate(has) if h]
+
+
+def load_net_weights(net: nn.Module, path: str) -> None:
+    """Loads `net`'s weights from a Lightning checkpoint (keys `net.*`) or a plain state dict, strictly.
+
+    `weights_only=True`: the checkpoint is data, never code; suite checkpoints hold only plain data.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: pretrained checkpoint not found")
+    try:
+        raw = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+        raise ValueError(f"{file}: cannot read as a checkpoint or state dict ({err})") from err
+    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{file}: holds no state dict")
+    if any(k.startswith("net.") for k in state):
+        state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{file}: its weights do not fit the configured net "
+                         f"({type(net).__name__}); same architecture (features, channels) needed.\n{err}") from err
+
+
 class SegmentationModule(LightningModule):
     """Half U-Net (or any logits net) trained with soft Dice; per-patient DSC/95HD/bAVD at test time.
 
@@ -55,6 +100,10 @@ class SegmentationModule(LightningModule):
         overlap, sw_batch_size, sw_mode: `monai.inferers.sliding_window_inference` settings.
         slice_batch: axial slices per sliding-window call, bounding memory for 2D nets on whole volumes.
         report_dir: where test CSV/JSON go; default the trainer's log dir.
+        pretrained: checkpoint (Lightning .ckpt of a SegmentationModule, or a plain state dict of the net or
+            module) whose network weights initialise `net`. A checkpoint of a run fine-tuned from it still
+            records this path; reloading that run re-reads the file before the run's own weights replace
+            it, so set `pretrained: null` (`--model.init_args.pretrained null`) if the file has moved.
 
     Loss: `DiceLoss(sigmoid=True, smooth_nr=1, smooth_dr=1, batch=True)` = 1 − Dice_smooth1 over the whole
     batch, i.e. the paper's −Dice (Keras `dice_coef` with smooth 1 on the flattened batch) plus a constant.
@@ -72,6 +121,7 @@ class SegmentationModule(LightningModule):
         sw_mode: Literal["gaussian", "constant"] = "gaussian",
         slice_batch: int = 64,
         report_dir: str | None = None,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         if len(roi_size) not in (2, 3):
@@ -87,6 +137,9 @@ class SegmentationModule(LightningModule):
         self.overlap, self.sw_batch_size, self.sw_mode = float(overlap), int(sw_batch_size), sw_mode
         self.slice_batch = int(slice_batch)
         self.report_dir = report_dir
+        self.pretrained = pretrained
+        if pretrained:
+            load_net_weights(self.net, pretrained)
         self.loss_fn = DiceLoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0, batch=True)
         self.train_dsc = BinaryF1Score(threshold=self.threshold, zero_division=1.0)
         self.val_dsc = BinaryF1Score(threshold=self.threshold, zero_division=1.0)
@@ -160,10 +213,12 @@ class SegmentationModule(LightningModule):
         pred, label = out["pred"].bool(), batch["label"] > 0.5
         spacing = batch.get("spacing")
         self.test_metrics.update(pred, label, spacing, out["patient_id"])
-        brain = batch.get("brain_mask")
-        if brain is not None:
-            brain = brain > 0.5
-            self.test_metrics_intracranial.update(pred & brain, label & brain, spacing, out["patient_id"])
+        keep = intracranial_rows(batch)
+        if keep:
+            brain = batch["brain_mask"][keep] > 0.5
+            sp = spacing[keep] if isinstance(spacing, torch.Tensor) and spacing.ndim == 2 else spacing
+            self.test_metrics_intracranial.update(pred[keep] & brain, label[keep] & brain, sp,
+                                                  [out["patient_id"][i] for i in keep])
         return out
 
     def on_test_epoch_end(self) -> None:

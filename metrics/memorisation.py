@@ -70,7 +70,8 @@ def memorisation_report(
     chunk_size: int = 1024,
     copy_tol: float = 1e-6,
 ) -> dict[str, object]:
-    """Nearest-train vs nearest-held-out distances of each synthetic sample (images or features).
+    """Nearest-train vs nearest-held-out distances of each synthetic sample: images (N, C, ...) with
+    the default per-sample z-score, or features (N, F), for which `normalise="none"` is the natural choice.
 
     `balance` subsamples the larger of train / held-out to the smaller one's size (seeded): the nearest
     neighbour in a bigger set is closer by chance alone. Returned indices of train refer to the original

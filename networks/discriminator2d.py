@@ -45,10 +45,13 @@ class MinibatchDiscrimination(nn.Module):
         self.T = nn.Parameter(torch.randn(in_features, n_kernels * kernel_dim) * 0.05)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = (x @ self.T).reshape(x.shape[0], self.n_kernels, self.kernel_dim)
-        l1 = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(-1)  # (N, N, B): ‖M_i,b − M_j,b‖₁
-        c = torch.exp(-l1).sum(1) - 1.0  # the j = i term is exp(0) = 1
-        return torch.cat([x, c], dim=1)
+        # fp32 even under autocast: the distances are differences of nearby values (cheap: (N, A)·(A, B·C))
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            m = (x.to(dtype) @ self.T.to(dtype)).reshape(x.shape[0], self.n_kernels, self.kernel_dim)
+            l1 = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(-1)  # (N, N, B): ‖M_i,b − M_j,b‖₁
+            c = torch.exp(-l1).sum(1) - 1.0  # the j = i term is exp(0) = 1
+        return torch.cat([x, c.to(x.dtype)], dim=1)
 
 
 class DCGANDiscriminator2D(nn.Module):

@@ -10,7 +10,7 @@ Nothing is downloaded: weights come from local files (our machines have no inter
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -18,10 +18,7 @@ import torch
 from torch import nn
 
 #: torch-fidelity's and pytorch-fid's names of the same TF-ported FID Inception weights (sha256 6726825d…).
-INCEPTION_FILENAMES: tuple[str, ...] = (
-    "weights-inception-2015-12-05-6726825d.pth",
-    "pt_inception-2015-12-05-6726825d.pth",
-)
+INCEPTION_FILENAMES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -30,6 +27,25 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _read_state_dict(path: Path, what: str, weights_only: bool) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{what} {path}: no state_dict found")
+    return state
+
+
+def _load_strict(net: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """Every network weight must come from the file: a silently half-initialised backbone gives
+    plausible-looking but meaningless scores."""
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{what} {path} does not fit {type(net).__name__}: {err}") from err
+    if missing or unexpected:
+        raise ValueError(f"{what} {path} does not fit {type(net).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def _zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -55,7 +71,10 @@ class FeatureExtractor(nn.Module):
         """Cache key for real statistics: the same name with other weights must never share a cache file."""
         return f"{self.name}-{self.weights_sha256[:16]}"
 
-    def _freeze(self) -> None:
+    def _identify(self, name: str, weights: Path, num_features: int, input_mapping: str) -> None:
+        """Record the identity every score carries, then freeze."""
+        self.name, self.num_features, self.input_mapping = name, int(num_features), input_mapping
+        self.weights_sha256 = sha256_file(weights)
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
@@ -101,14 +120,9 @@ class InceptionV3Features(FeatureExtractor):
             ) from err
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
         self.value_range = (float(value_range[0]), float(value_range[1]))
-        self.name = "inception_v3_pool3"
-        self.num_features = 2048
-        self.weights_sha256 = sha256_file(path)
-        self.input_mapping = (
-            f"channel {channel}; clamp {self.value_range} -> [0,255] uint8; grey->3 channels; "
-            "torch-fidelity TF1 bilinear resize to 299; (x-128)/128"
-        )
-        self._freeze()
+        self._identify("inception_v3_pool3", path, 2048,
+                       f"channel {channel}; clamp {self.value_range} -> [0,255] uint8; grey->3 channels; "
+                       "torch-fidelity TF1 bilinear resize to 299; (x-128)/128")
 
     @staticmethod
     def _resolve_weights(weights_path: str | None) -> Path:
@@ -173,32 +187,19 @@ class MedicalNetFeatures(FeatureExtractor):
         self.net = builder(spatial_dims=3, n_input_channels=1, shortcut_type="B", bias_downsample=False,
                            conv1_t_stride=2, feed_forward=False)
         self._load(path)
-        if medicalnet_geometry:
-            self._dilate(self.net.layer3, 2)
-            self._dilate(self.net.layer4, 4)
+        for layer, dilation in ((self.net.layer3, 2), (self.net.layer4, 4)) if medicalnet_geometry else ():
+            self._dilate(layer, dilation)
         self.normalisation = normalisation
-        self.name = f"medicalnet_resnet{depth}" + ("" if medicalnet_geometry else "_monai_geometry")
-        self.num_features = 512 if depth == 10 else 2048
-        self.weights_sha256 = sha256_file(path)
-        self.input_mapping = (
-            f"channel {channel}; per-sample {normalisation}; 2D -> singleton depth; axes (x,y,z) as stored; "
-            "global average pool of layer4"
-        )
-        self._freeze()
+        self._identify(f"medicalnet_resnet{depth}" + ("" if medicalnet_geometry else "_monai_geometry"), path,
+                       512 if depth == 10 else 2048,
+                       f"channel {channel}; per-sample {normalisation}; 2D -> singleton depth; axes (x,y,z) as "
+                       "stored; global average pool of layer4")
 
     def _load(self, path: Path) -> None:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-        if not isinstance(state, dict):
-            raise ValueError(f"MedicalNet weights file {path}: no state_dict found")
+        state = _read_state_dict(path, "MedicalNet weights file", weights_only=True)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         state = {k: v for k, v in state.items() if not k.startswith(("conv_seg.", "fc."))}  # task heads
-        missing, unexpected = self.net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"MedicalNet weights file {path} does not fit the network: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
+        _load_strict(self.net, state, path, "MedicalNet weights file")
 
     @staticmethod
     def _dilate(layer: nn.Module, dilation: int) -> None:
@@ -261,36 +262,22 @@ class SegmentationEncoderFeatures(FeatureExtractor):
         self._load(path, state_dict_prefix)
         self.encoder_attr, self.layer_name = encoder_attr, layer_name
         self.normalisation = normalisation
-        where = encoder_attr or layer_name
-        self.name = f"segmentation_encoder_{type(net).__name__}_{where}"
-        self.num_features = int(num_features) if num_features else self._guess_num_features(where)
-        self.weights_sha256 = sha256_file(path)
-        self.input_mapping = f"channel {channel}; per-sample {normalisation}; {where} -> global average pool"
-        self._freeze()
+        where = str(encoder_attr or layer_name)
+        self._identify(f"segmentation_encoder_{type(net).__name__}_{where}", path,
+                       num_features or self._guess_num_features(where),
+                       f"channel {channel}; per-sample {normalisation}; {where} -> global average pool")
 
     def _load(self, path: Path, prefix: str | None) -> None:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-        if not isinstance(state, dict):
-            raise ValueError(f"segmentation checkpoint {path}: no state_dict found")
+        state = _read_state_dict(path, "segmentation checkpoint", weights_only=False)
         wanted = self.net.state_dict()
+        prefix = self._find_prefix(state, wanted) if prefix is None else prefix
         if prefix is None:
-            prefix = self._find_prefix(state, wanted)
-            if prefix is None:
-                raise ValueError(
-                    f"segmentation checkpoint {path}: no key prefix makes its state_dict fit {type(self.net).__name__} "
-                    f"(first wanted keys {list(wanted)[:3]}, first stored {list(state)[:3]})"
-                )
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        try:
-            missing, unexpected = self.net.load_state_dict(sub, strict=False)
-        except RuntimeError as err:  # shape mismatches
-            raise ValueError(f"segmentation checkpoint {path} (prefix {prefix!r}): {err}") from err
-        if missing or unexpected:
             raise ValueError(
-                f"segmentation checkpoint {path} (prefix {prefix!r}) does not fit {type(self.net).__name__}: "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+                f"segmentation checkpoint {path}: no key prefix makes its state_dict fit {type(self.net).__name__} "
+                f"(first wanted keys {list(wanted)[:3]}, first stored {list(state)[:3]})"
             )
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        _load_strict(self.net, sub, path, f"segmentation checkpoint (prefix {prefix!r})")
 
     @staticmethod
     def _find_prefix(state: dict, wanted: dict[str, torch.Tensor]) -> str | None:

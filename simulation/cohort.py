@@ -24,12 +24,12 @@ SIMULATOR_VERSION = "1"
 
 @dataclass
 class SimulatedPatient:
-    patient_id: str
     image: np.ndarray  # float32 (x, y, z)
     label: np.ndarray  # uint8 {0, 1}
     brain_mask: np.ndarray  # uint8 {0, 1}
     affine: np.ndarray  # (4, 4) float64, RAS
     spacing: tuple[float, float, float]
+    patient_id: str = ""
 
 
 def simulate_patient(profile: str, patient_id: str, seed: int = 0, scale: float = 1.0) -> SimulatedPatient:
@@ -50,9 +50,9 @@ def simulate_patient(profile: str, patient_id: str, seed: int = 0, scale: float 
     label = label.reshape(shape)
     brain_mask = brain.mask(shape, spacing)
     brain_mask |= label  # surface arteries belong to the intracranial space
-    tissue = tissue_map(brain_mask, spacing, prof, rng_tissue)
+    tissue = tissue_map(brain_mask, spacing, prof, rng_tissue, scale=scale)
     image = compose_tof(tissue, vessels, prof, rng_image)
-    return SimulatedPatient(patient_id, image, label, brain_mask, ras_affine(spacing, shape), spacing)
+    return SimulatedPatient(image, label, brain_mask, ras_affine(spacing, shape), spacing, patient_id)
 
 
 def _settings(profile: str, n_patients: int, seed: int, scale: float, id_prefix: str) -> dict:

@@ -10,24 +10,27 @@ carotids and the basilar artery entering from below, joined by a circle-of-Willi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from simulation.anatomy import BrainShape
 
-ICA_RADIUS_MM = 2.5
-BASILAR_RADIUS_MM = 1.6
-STOP_RADIUS_MM = 0.35
+ICA_RADIUS_MM = 2.7
+BASILAR_RADIUS_MM = 1.8
+STOP_RADIUS_MM = 0.4
 TERRITORY_POINTS_FULL = 16000
 #: Root radii shrink as scale**RADIUS_EXPONENT: 1 would be pure similarity (fraction invariant, thinner
 #: large vessels); lower keeps big arteries realistic in small demo volumes.
 RADIUS_EXPONENT = 0.75
-#: Terminal twigs are drawn with this probability and reach this share of the way to their territory
-#: centroid; branch points sit BRANCH_REACH of the way. These set the calibre distribution along the tree.
+#: Terminal twigs are drawn with probability TWIG_VISIBILITY * scale**0.5 (a small volume has fewer
+#: generations above its twigs, so fewer twigs keep its calibre distribution close to full size) and reach
+#: TWIG_REACH of the way to their territory centroid; branch points sit BRANCH_REACH of the way.
 TWIG_VISIBILITY = 0.7
 TWIG_REACH = (0.4, 0.9)
 BRANCH_REACH = (0.4, 0.75)
+#: Share of twigs interrupted by a short signal gap, leaving the small fragments real labels have.
+TWIG_GAP_PROBABILITY = 0.4
 
 
 @dataclass
@@ -35,14 +38,16 @@ class Centrelines:
     points: np.ndarray  # (P, 3) float32 grid mm
     radius: np.ndarray  # (P,) float32 mm
     travel: np.ndarray  # (P,) float32 mm of flow path from where the artery entered the slab
+    splits: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (parent, child, child) radii
 
 
 class _Builder:
-    def __init__(self, rng: np.random.Generator, tortuosity: float, r_stop: float) -> None:
-        self.rng, self.tortuosity, self.r_stop = rng, tortuosity, r_stop
+    def __init__(self, rng: np.random.Generator, tortuosity: float, r_stop: float, twig_visibility: float) -> None:
+        self.rng, self.tortuosity, self.r_stop, self.twig_visibility = rng, tortuosity, r_stop, twig_visibility
         self.pts: list[np.ndarray] = []
         self.rad: list[np.ndarray] = []
         self.trav: list[np.ndarray] = []
+        self.splits: list[tuple[float, float, float]] = []  # (parent, child, child) radii, for checking Murray
 
     def curve(
         self, p0: np.ndarray, p1: np.ndarray, d0: np.ndarray, r0: float, r1: float, travel0: float, wiggle: float = 1.0
@@ -80,8 +85,11 @@ class _Builder:
             dist = float(np.linalg.norm(to_c))
             d0 = _unit(0.6 * d + 0.4 * _unit(to_c)) if major else _unit(0.25 * d + _unit(to_c))
             if r < self.r_stop * 2 ** (1 / 3) or len(terr) < 4 or dist < 2 * r:
-                if self.rng.random() < TWIG_VISIBILITY:  # slow flow hides many twigs from TOF
+                if self.rng.random() < self.twig_visibility:  # slow flow hides many twigs from TOF
+                    n0 = len(self.pts)
                     self.curve(p, p + to_c * self.rng.uniform(*TWIG_REACH), d0, r, 0.9 * r, trav)
+                    if self.rng.random() < TWIG_GAP_PROBABILITY:
+                        self._cut_gap(n0)
                 continue
             b = p + to_c * self.rng.uniform(*BRANCH_REACH)
             d_end, trav_b = self.curve(p, b, d0, r, r, trav)
@@ -97,11 +105,25 @@ class _Builder:
             if self.rng.random() < 0.5:
                 small, big = terr[order[-n_small:]], terr[order[:-n_small]]
             f = len(small) / len(terr)  # Murray's law on the realised split: r³ ∝ territory size
-            stack.append((b, d_end, r * f ** (1 / 3), small, trav_b, False))
-            stack.append((b, d_end, r * (1 - f) ** (1 / 3), big, trav_b, True))
+            r_small, r_big = r * f ** (1 / 3), r * (1 - f) ** (1 / 3)
+            self.splits.append((r, r_small, r_big))
+            stack.append((b, d_end, r_small, small, trav_b, False))
+            stack.append((b, d_end, r_big, big, trav_b, True))
+
+    def _cut_gap(self, i: int) -> None:
+        """Drop a 1-2.5 mm stretch of curve i: distal signal loss fragments real TOF labels the same way."""
+        travel = self.trav[i] - self.trav[i][0]
+        start = self.rng.uniform(0.15, 0.6) * travel[-1]
+        keep = (travel < start) | (travel > start + self.rng.uniform(1.0, 2.5))
+        self.pts[i], self.rad[i], self.trav[i] = self.pts[i][keep], self.rad[i][keep], self.trav[i][keep]
 
     def result(self) -> Centrelines:
-        return Centrelines(np.concatenate(self.pts), np.concatenate(self.rad), np.concatenate(self.trav))
+        return Centrelines(
+            np.concatenate(self.pts),
+            np.concatenate(self.rad),
+            np.concatenate(self.trav),
+            np.asarray(self.splits, dtype=np.float64).reshape(-1, 3),
+        )
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -128,7 +150,7 @@ def grow_arteries(
     brain: BrainShape, fov_mm: np.ndarray, scale: float, rng: np.random.Generator, tortuosity: float
 ) -> Centrelines:
     """Carotids and basilar from the slab's lower edge, a Willis ring, and territory-split trees above it."""
-    b = _Builder(rng, tortuosity, STOP_RADIUS_MM)
+    b = _Builder(rng, tortuosity, STOP_RADIUS_MM, float(np.clip(TWIG_VISIBILITY * scale**0.5, 0.3, 1.0)))
     rs = scale**RADIUS_EXPONENT
     r_ica, r_ba = ICA_RADIUS_MM * rs * rng.uniform(0.92, 1.08), BASILAR_RADIUS_MM * rs * rng.uniform(0.9, 1.1)
     cx, cy = brain.centre_mm[0], brain.centre_mm[1]
@@ -149,15 +171,20 @@ def grow_arteries(
         # Carotid siphon: forwards and up, then back into the ring (the C-shaped cavernous segment).
         w = np.array([cx + side * 17.0 * s, cy + 16.0 * s, 0.55 * z_ring])
         d_w, t_w = b.curve(p0, w, _unit(np.array([0.0, 0.6, 1.0])), r_ica, r_ica, 0.0, wiggle=1.0)
-        ends[name] = b.curve(w, ring(side * 60.0), _unit(d_w + np.array([0, 0, 1.0])), r_ica, 0.85 * r_ica, t_w)
+        d_in = _unit(d_w + np.array([0, 0, 1.0]))
+        ends[name] = b.curve(w, ring(side * 60.0), d_in, r_ica, 0.85 * r_ica, t_w)
     ends["BA"] = b.curve(np.array([cx, cy - 20.0 * s, 0.0]), ring(180.0), up, r_ba, r_ba, 0.0, wiggle=0.5)
 
     # Circle of Willis: A1 segments and the anterior communicating artery, posterior communicating, P1.
+    def ring_segment(a: float, c: float, r0: float, r1: float, wiggle: float = 0.3) -> None:
+        b.curve(ring(a), ring(c), _unit(ring(c) - ring(a)), r0, r1, 15.0, wiggle)
+
+    r_pcom = max(0.6 * rs, STOP_RADIUS_MM)
     for side in (1, -1):
-        b.curve(ring(side * 60.0), ring(side * 15.0), _unit(ring(side * 15.0) - ring(side * 60.0)), 1.0 * rs, 0.9 * rs, 15.0, 0.3)
-        b.curve(ring(side * 60.0), ring(side * 150.0), _unit(ring(side * 150.0) - ring(side * 60.0)), max(0.6 * rs, 0.4), max(0.6 * rs, 0.4), 15.0, 0.3)
-        b.curve(ring(180.0), ring(side * 150.0), _unit(ring(side * 150.0) - ring(180.0)), 1.0 * rs, 1.0 * rs, 15.0, 0.3)
-    b.curve(ring(15.0), ring(-15.0), np.array([-1.0, 0.0, 0.0]), 0.7 * rs, 0.7 * rs, 20.0, 0.1)
+        ring_segment(side * 60.0, side * 15.0, 1.0 * rs, 0.9 * rs)  # A1
+        ring_segment(side * 60.0, side * 150.0, r_pcom, r_pcom)  # posterior communicating
+        ring_segment(180.0, side * 150.0, 1.0 * rs, 1.0 * rs)  # P1
+    ring_segment(15.0, -15.0, 0.7 * rs, 0.7 * rs, 0.1)  # anterior communicating
 
     n_pts = max(300, int(round(TERRITORY_POINTS_FULL * scale**3)))
     pts = territory_points(brain, fov_mm, n_pts, rng)
@@ -169,11 +196,13 @@ def grow_arteries(
         terr = ant[(ant[:, 0] - cx) * side >= 0]
         medial = np.abs(terr[:, 0] - cx) < 0.3 * width
         f_aca = medial.mean()
+        d_end, t_end = ends[name]
+        r_top = 0.85 * r_ica  # carotid terminus, after the ophthalmic and communicating branches
         if 0.05 < f_aca < 0.95:  # anterior cerebral from the ring's front, middle cerebral from the carotid end
-            b.grow(ring(side * 15.0), up, 0.85 * r_ica * f_aca ** (1 / 3), terr[medial], ends[name][1] + 10.0)
-            b.grow(ring(side * 60.0), ends[name][0], 0.85 * r_ica * (1 - f_aca) ** (1 / 3), terr[~medial], ends[name][1])
+            b.grow(ring(side * 15.0), up, r_top * f_aca ** (1 / 3), terr[medial], t_end + 10.0)
+            b.grow(ring(side * 60.0), d_end, r_top * (1 - f_aca) ** (1 / 3), terr[~medial], t_end)
         else:
-            b.grow(ring(side * 60.0), ends[name][0], 0.85 * r_ica, terr, ends[name][1])
+            b.grow(ring(side * 60.0), d_end, r_top, terr, t_end)
     terr = pts[post]
     for side in (1, -1):  # posterior cerebral arteries from the basilar tip
         half = terr[(terr[:, 0] - cx) * side >= 0]

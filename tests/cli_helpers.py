@@ -1,33 +1,22 @@
-"""Composition of shipped experiment configs for tests: the `# compose:` line, CPU trainer, tiny overrides."""
+"""Shipped experiment configs on the CPU for tests: the `# compose:` recipe plus a tiny override per family."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+from workflows.compose import CONFIGS, composed_fragments, experiment_args
+
 TEST_CONFIGS = Path(__file__).resolve().parent / "configs"
 EXPERIMENTS = sorted((CONFIGS / "experiment").glob("*.yaml"))
-
-
-def composed_fragments(experiment: Path) -> list[str]:
-    first = experiment.read_text().splitlines()[0]
-    if not first.startswith("# compose:"):
-        raise AssertionError(f"{experiment}: first line must be '# compose: <fragments>'")
-    return first.removeprefix("# compose:").split()
+CPU = {"trainer": "trainer/cpu.yaml", "logger": "logger/csv.yaml"}
 
 
 def cpu_args(experiment: Path, cohort: Path, root: Path) -> list[str]:
-    """--config arguments of an experiment on the CPU with the tiny override for its model family."""
-    fragments = composed_fragments(experiment)
-    fragments = ["trainer/cpu.yaml" if f.startswith("trainer/") else f for f in fragments]
-    fragments = ["logger/csv.yaml" if f.startswith("logger/") else f for f in fragments]
-    family = "tiny_seg.yaml" if any("seg" in f for f in fragments) else "tiny_gan.yaml"
-    args: list[str] = []
-    for name in fragments:
-        args += ["--config", str(CONFIGS / name)]
-    args += ["--config", str(experiment), "--config", str(TEST_CONFIGS / family)]
-    return args + [
+    """--config arguments of an experiment on the CPU, shrunk by the tiny override of its model family."""
+    family = "tiny_seg.yaml" if any("seg" in f for f in composed_fragments(experiment)) else "tiny_gan.yaml"
+    return [
+        *experiment_args(experiment, CPU),
+        "--config", str(TEST_CONFIGS / family),
         "--data.init_args.cohort_dir", str(cohort),
         "--data.init_args.cache_dir", str(root / "cache"),
         "--trainer.default_root_dir", str(root),

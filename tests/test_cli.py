@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from cli import main
-from tests.cli_helpers import EXPERIMENTS, composed_fragments, cpu_args
+from tests.cli_helpers import EXPERIMENTS, cpu_args
+from workflows.compose import composed_fragments
 from tests.fixtures_cohort import write_tiny_cohort
 
 

@@ -226,3 +226,12 @@ def test_checkpoint_reloads_resumes_and_synthesizes(tmp_path):
     with torch.no_grad():
         out = reloaded.eval().generator(z)
     np.testing.assert_array_equal(store.labels, (out[:, 1:] > 0.8).numpy().astype(np.uint8))
+
+
+def test_bf16_mixed_runs_on_cpu():
+    L.seed_everything(0)
+    model = tiny_dcgan()
+    t = trainer(max_steps=4, precision="bf16-mixed")
+    t.fit(model, loader(2))
+    assert model.step_counts == {"critic": 2, "generator": 2}
+    assert all(math.isfinite(v.item()) for v in t.callback_metrics.values())

@@ -32,7 +32,7 @@ class TinyProjection(FeatureExtractor):
             self.proj.bias.zero_()
         self.name, self.weights_sha256 = "tiny_projection", "ab" * 32
         self.input_mapping, self.num_features = "channel 0; flatten; linear", num_features
-        self._freeze()
+        self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self._select(x).float().flatten(1))
@@ -73,7 +73,7 @@ def test_streaming_equals_one_batch_and_reference(feats):
     for chunk in np.array_split(a, 7):
         many.update(torch.from_numpy(chunk).float(), real=True)
     for chunk in np.array_split(b, 3):
-        many.update(torch.from_numpy(chunk), real=False)
+        many(torch.from_numpy(chunk), real=False)  # forward only accumulates
     ref = reference_fid(a, b)
     assert float(one.compute()) == pytest.approx(ref, rel=1e-9)
     assert float(many.compute()) == pytest.approx(ref, rel=1e-5)  # float32 batches lose a little

@@ -1,0 +1,221 @@
+"""U-Net hyper-parameter grid on validation DSC, then test of the chosen member (Kossen et al. 2021 §2.4).
+
+Paper grid: lr {1e-4, 8e-5} × dropout {0, 0.1} × classical augmentation off/on (batch sizes optional). Each
+member is one `tofgan fit` (`cli.main`) of the same experiment with the same seed; all runs share one W&B
+group. A member's score is its `val/dsc` (hard DSC pooled over every voxel of the REAL validation patients'
+patches, whatever the training data) read per epoch from its CSV log.
+
+Selection rule (`select`):
+  * "best" (default): a member scores its best epoch's val/dsc, and that epoch's checkpoint is tested. With
+    few epochs the last epoch's DSC is noisy, and the epoch is chosen on validation only, so the test set
+    stays untouched; this is the model-selection-on-validation the paper describes.
+  * "last": the member scores its last epoch and the last checkpoint is tested (the paper's fixed 15
+    epochs read literally).
+The member with the highest score wins; ties go to the earlier member in grid order; NaN scores never win.
+Needs a trainer config that checkpoints every epoch (trainer/cpu.yaml and gpu.yaml do: save_top_k -1).
+
+Outputs in `out_dir`: `grid.csv` (member, settings, val DSC, epoch, checkpoint), `selection.json`, the
+runs under `runs/<member>/`, and the test report of the chosen member in `test/` (test_summary.json,
+test_per_patient.csv, error_maps/).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from workflows.compose import experiment_args
+
+Select = Literal["best", "last"]
+ERROR_MAPS = "--trainer.callbacks+=callbacks.error_maps.ErrorMapCallback"
+
+
+# ---------------------------------------------------------------------------- pure pieces
+def grid_members(lrs: Sequence[float], dropouts: Sequence[float], augment: Sequence[bool],
+                 batch_sizes: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The Cartesian grid, in a fixed order (lr, dropout, augment, batch size), each with a run name."""
+    if not lrs or not dropouts or not augment:
+        raise ValueError("grid_search: lrs, dropouts and augment need at least one value each")
+    members = []
+    for lr, dropout, aug, bs in itertools.product(lrs, dropouts, augment, batch_sizes or [None]):
+        m: dict[str, Any] = {"lr": float(lr), "dropout": float(dropout), "augment": bool(aug), "batch_size": bs}
+        m["member"] = f"lr{lr:g}_do{dropout:g}_aug{int(bool(aug))}" + (f"_bs{bs}" if bs else "")
+        members.append(m)
+    return members
+
+
+def member_args(member: dict[str, Any]) -> list[str]:
+    args = ["--model.init_args.optimizer.init_args.lr", repr(member["lr"]),
+            "--model.init_args.net.init_args.dropout", repr(member["dropout"]),
+            "--data.init_args.augment", str(member["augment"]).lower()]  # fmt: skip
+    if member.get("batch_size"):
+        args += ["--data.init_args.batch_size", str(int(member["batch_size"]))]
+    return args
+
+
+def epoch_scores(metrics_csv: str | Path, key: str = "val/dsc") -> dict[int, float]:
+    """{epoch: value} of `key` from a CSVLogger metrics.csv (the last row of an epoch wins)."""
+    scores: dict[int, float] = {}
+    with open(metrics_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
+                scores[int(float(row["epoch"]))] = float(row[key])
+    return scores
+
+
+def pick_epoch(scores: dict[int, float], select: Select = "best") -> tuple[int, float]:
+    """(epoch, score): the best finite epoch (earliest on ties) or the last epoch."""
+    if not scores:
+        raise ValueError("grid_search: the run logged no validation score")
+    if select == "last":
+        epoch = max(scores)
+        return epoch, scores[epoch]
+    finite = [(e, v) for e, v in sorted(scores.items()) if not math.isnan(v)]
+    if not finite:
+        return max(scores), float("nan")
+    return max(finite, key=lambda ev: (ev[1], -ev[0]))
+
+
+def select_member(rows: Sequence[dict[str, Any]], key: str = "val_dsc") -> int:
+    """Index of the row with the highest finite `key`; the earliest on ties. ValueError if none is finite."""
+    best = None
+    for i, row in enumerate(rows):
+        value = float(row[key]) if row.get(key) is not None else math.nan
+        if not math.isnan(value) and (best is None or value > float(rows[best][key])):
+            best = i
+    if best is None:
+        raise ValueError(f"grid_search: no member has a finite {key}")
+    return best
+
+
+# ---------------------------------------------------------------------------- runs through the CLI
+@dataclass
+class FitResult:
+    run: str
+    metrics_csv: Path
+    checkpoint_dir: Path
+    last_checkpoint: Path
+
+
+def _finish_wandb() -> None:
+    """Lightning leaves the W&B run open; the next run of this process would log into it."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def logger_args(run: str, out: Path, group: str | None) -> list[str]:
+    """A per-run logger fragment: CSV (for reading scores back) first, plus W&B in `group` when given."""
+    loggers: list[dict[str, Any]] = [
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out / "runs"), "name": run}}]
+    if group:
+        loggers.append({"class_path": "lightning.pytorch.loggers.WandbLogger",
+                        "init_args": {"project": "tofgan", "save_dir": str(out), "name": run, "group": group}})
+    fragment = out / "configs" / f"logger-{run}.yaml"
+    fragment.parent.mkdir(parents=True, exist_ok=True)
+    fragment.write_text(yaml.safe_dump({"trainer": {"logger": loggers}}))
+    return ["--config", str(fragment)]
+
+
+def run_fit(experiment: str, run: str, out: Path, args: Sequence[str], group: str | None) -> FitResult:
+    from cli import main
+
+    cli = main(["fit", *experiment_args(experiment), *logger_args(run, out, group), *args])
+    _finish_wandb()
+    ckpt = cli.trainer.checkpoint_callback
+    if ckpt is None or not ckpt.dirpath:
+        raise ValueError(f"{experiment}: the trainer has no ModelCheckpoint; the grid needs per-epoch checkpoints")
+    return FitResult(run, Path(cli.trainer.loggers[0].log_dir) / "metrics.csv", Path(ckpt.dirpath),
+                     Path(ckpt.last_model_path))
+
+
+def epoch_checkpoint(fit: FitResult, epoch: int, select: Select) -> Path:
+    """The checkpoint of `epoch` (ModelCheckpoint's default `epoch=E-step=S.ckpt`); `last.ckpt` for "last"."""
+    if select == "last" and fit.last_checkpoint.is_file():
+        return fit.last_checkpoint
+    found = sorted(fit.checkpoint_dir.glob(f"epoch={epoch}-*.ckpt"))
+    if not found:
+        raise FileNotFoundError(f"{fit.checkpoint_dir}: no checkpoint of epoch {epoch}; the trainer must save "
+                                "every epoch (ModelCheckpoint save_top_k: -1, every_n_epochs: 1)")
+    return found[-1]
+
+
+def run_test(experiment: str, run: str, ckpt: Path, out: Path, report_dir: Path, args: Sequence[str],
+             group: str | None, error_maps: bool = True) -> dict[str, Any]:
+    """Tests `ckpt` on the experiment's test patients; returns its test_summary.json."""
+    from cli import main
+
+    extra = [ERROR_MAPS] if error_maps else []
+    main(["test", *experiment_args(experiment), *logger_args(run, out, group), *args, "--ckpt_path", str(ckpt),
+          "--model.init_args.report_dir", str(report_dir), *extra])  # fmt: skip
+    _finish_wandb()
+    return json.loads((report_dir / "test_summary.json").read_text())
+
+
+# ---------------------------------------------------------------------------- the workflow
+def grid_search(
+    experiment: str,
+    out_dir: str,
+    lrs: list[float] = [1e-4, 8e-5],  # noqa: B006 - read only
+    dropouts: list[float] = [0.0, 0.1],  # noqa: B006
+    augment: list[bool] = [False, True],  # noqa: B006
+    batch_sizes: list[int] | None = None,
+    extra_args: list[str] | None = None,
+    test: bool = True,
+    select: Select = "best",
+    seed: int = 0,
+    group: str | None = None,
+    wandb: bool = True,
+    error_maps: bool = True,
+) -> Path:
+    """Fits every grid member, picks the best by validation DSC, tests it; returns `out_dir`.
+
+    Args:
+        experiment: experiment file (name under configs/experiment/ or a path), e.g. kossen2021_unet.yaml.
+        out_dir: folder of runs, grid.csv, selection.json and the test report.
+        lrs, dropouts, augment, batch_sizes: the grid (batch_sizes None: the experiment's batch size).
+        extra_args: more CLI arguments for every fit and the test (e.g. synthetic stores, max_epochs); they
+            come before the member's own settings, which therefore always win.
+        test: test the chosen member on the test patients.
+        select: "best" epoch or "last" epoch of each member (module docstring).
+        seed: `--seed_everything` of every run.
+        group: W&B group of all runs (default: "grid-" + the out_dir name); wandb: False for CSV only.
+        error_maps: write error maps of the test patients.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    group = (group or f"grid-{out.name}") if wandb else None
+    common = ["--seed_everything", str(seed), *(extra_args or [])]
+    rows = []
+    for member in grid_members(lrs, dropouts, augment, batch_sizes):
+        fit = run_fit(experiment, member["member"], out, [*common, *member_args(member)], group)
+        epoch, score = pick_epoch(epoch_scores(fit.metrics_csv), select)
+        rows.append({**member, "val_dsc": score, "epoch": epoch,
+                     "checkpoint": str(epoch_checkpoint(fit, epoch, select))})
+    columns = ["member", "lr", "dropout", "augment", "batch_size", "val_dsc", "epoch", "checkpoint"]
+    with open(out / "grid.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    chosen = rows[select_member(rows)]
+    selection: dict[str, Any] = {"experiment": experiment, "metric": "val/dsc", "select": select,
+                                 "rule": "highest val/dsc on the real validation patients; ties → earlier member",
+                                 "chosen": chosen, "test_summary": None}  # fmt: skip
+    if test:
+        report = out / "test"
+        run_test(experiment, f"test-{chosen['member']}", Path(chosen["checkpoint"]), out, report,
+                 [*common, *member_args(chosen)], group, error_maps)
+        selection["test_summary"] = str(report / "test_summary.json")
+    (out / "selection.json").write_text(json.dumps(selection, indent=2))
+    return out
