@@ -29,7 +29,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python bench/data_layer.py
+	$(BIN)/python bench/bench_simulation.py
+	$(BIN)/python bench/bench_patches.py
 
 clean:
 	rm -rf $(VENV) .cache outputs

@@ -22,6 +22,7 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
     from simulation.cohort import simulate_cohort
     from simulation.render import render_tof_nifti
     from workflows.demo import run_demo
+    from workflows.domain_extractor import train_domain_extractor
     from workflows.select_checkpoint import select_checkpoint
     from workflows.synthesize import synthesize
 
@@ -30,11 +31,12 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
         "render-tof": render_tof_nifti,
         "synthesize": synthesize,
         "select": select_checkpoint,
+        "domain-extractor": train_domain_extractor,
         "demo": run_demo,
     }
 
 
-TOOL_COMMANDS = ("simulate", "render-tof", "synthesize", "select", "demo")
+TOOL_COMMANDS = ("simulate", "render-tof", "synthesize", "select", "domain-extractor", "demo")
 
 
 def _wandb_logged_in() -> bool:

@@ -12,8 +12,9 @@ Test (`tofgan test --ckpt_path gan.ckpt` with the GAN datamodule): its test load
 held-out test-patient patches]; the full report (`workflows.evaluate_gan`) is written to `report_dir`.
 
 DDP: every rank collects its share of the real batches; they are gathered, rank zero computes, and the
-scalars are broadcast, so every rank logs the same values (`rank_zero_only=False`): `ModelCheckpoint(
-monitor="val/fid", mode="min")` works on all ranks. Keep an evaluation shorter than the process-group
+scalars are broadcast, so every rank logs the same values (`rank_zero_only=False`; `sync_dist=True` then
+averages identical values, silencing Lightning's epoch-level warning): `ModelCheckpoint(monitor="val/fid",
+mode="min")` works on all ranks. Keep an evaluation shorter than the process-group
 timeout (30 min by default): the other ranks wait in the broadcast meanwhile.
 
 Model selection by any logged key: `ModelCheckpoint(monitor="val/fid", mode="min", every_n_epochs=K)` with K
@@ -31,55 +32,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks.gan_evaluation_scores import EvalConfig, RealReference, Timer, score_synthetic, validation_figures
+from callbacks.gan_evaluation_scores import (EvalConfig, PatchReservoir, RealReference, Timer, gather_patches,
+                                             score_synthetic, validation_figures)
 from callbacks.run_manifest import run_dir
 from networks.feature_extractors import FeatureExtractor, sha256_file
 from workflows.evaluate_gan import jsonable, test_report, write_report
-
-
-class PatchReservoir:
-    """Seeded uniform subset (≤ capacity) of a stream of batches (reservoir sampling, algorithm R). Evaluation
-    loaders are not shuffled, so "the first N patches" would be the first patients only."""
-
-    def __init__(self, capacity: int, seed: int) -> None:
-        self.capacity, self.seen = int(capacity), 0
-        self.rng = np.random.default_rng(seed)
-        self.images = self.labels = torch.empty(0)
-
-    def add(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        images, labels = images.detach().float().cpu(), (labels.detach() > 0.5).to(torch.uint8).cpu()
-        if self.seen == 0:
-            self.images = torch.empty((self.capacity, *images.shape[1:]), dtype=torch.float32)
-            self.labels = torch.empty((self.capacity, *labels.shape[1:]), dtype=torch.uint8)
-        for k in range(len(images)):
-            slot = self.seen if self.seen < self.capacity else int(self.rng.integers(0, self.seen + 1))
-            if slot < self.capacity:
-                self.images[slot], self.labels[slot] = images[k], labels[k]
-            self.seen += 1
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = min(self.seen, self.capacity)
-        return self.images[:n], self.labels[:n]
-
-
-def gather_patches(reservoir: PatchReservoir, capacity: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's reservoir, concatenated (collective under DDP; all ranks get the result)."""
-    images, labels = reservoir.tensors()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, (images, labels))
-        parts = [p for p in parts if len(p[0])] or [parts[0]]  # a rank without batches sends empty tensors
-        images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        if len(images) > capacity:
-            keep = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(images), capacity, replace=False)))
-            images, labels = images[keep], labels[keep]
-    return images, labels
 
 
 class GANEvaluationCallback(Callback):
@@ -190,11 +151,12 @@ class GANEvaluationCallback(Callback):
             self._val_reservoir = None
         if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        scalars = self._on_rank_zero(trainer, lambda: self._evaluate_val(trainer, pl_module))
+        out = run_dir(trainer) / "evaluation"  # every rank: trainer.log_dir is a collective under DDP
+        scalars = self._on_rank_zero(trainer, lambda: self._evaluate_val(trainer, pl_module, out))
         for key, value in scalars.items():
-            pl_module.log(f"val/{key}", float(value), sync_dist=False, rank_zero_only=False)
+            pl_module.log(f"val/{key}", float(value), sync_dist=True, rank_zero_only=False)
 
-    def _evaluate_val(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+    def _evaluate_val(self, trainer: Trainer, pl_module: LightningModule, out: Path) -> dict[str, float]:
         start, timer, cfg = time.perf_counter(), Timer(), self.val_cfg
         self._prepare(pl_module)
         if self._val_ref is None:
@@ -205,7 +167,6 @@ class GANEvaluationCallback(Callback):
             images, labels = pl_module.generate(self.n_samples, cfg.batch_size, seed=self.sample_seed)
         scores = score_synthetic(images, labels, self._val_ref, self.extractor, cfg, timer)
         figs = validation_figures(scores, self._val_ref, cfg, timer) if self.log_figures else {}
-        out = run_dir(trainer) / "evaluation"
         self._save_figures(trainer, figs, out, f"epoch_{trainer.current_epoch:04d}", "val")
         scalars = scores.scalars()
         scalars["eval_seconds"] = time.perf_counter() - start
@@ -238,11 +199,13 @@ class GANEvaluationCallback(Callback):
         for idx in (TEST_TRAIN_IDX, TEST_HELDOUT_IDX):  # collectives: same order on every rank
             reservoir = self._test_reservoirs.get(idx, PatchReservoir(1, 0))
             sets[idx] = gather_patches(reservoir, self.test_max_real, self.seed + idx)
-        scalars = self._on_rank_zero(trainer, lambda: self._evaluate_test(trainer, pl_module, sets))
+        out = Path(self.report_dir) if self.report_dir else run_dir(trainer) / "gan_evaluation"  # every rank
+        scalars = self._on_rank_zero(trainer, lambda: self._evaluate_test(trainer, pl_module, sets, out))
         for key, value in scalars.items():
-            pl_module.log(f"test/{key}", float(value), sync_dist=False, rank_zero_only=False)
+            pl_module.log(f"test/{key}", float(value), sync_dist=True, rank_zero_only=False)
 
-    def _evaluate_test(self, trainer: Trainer, pl_module: LightningModule, sets: dict[int, tuple]) -> dict[str, float]:
+    def _evaluate_test(self, trainer: Trainer, pl_module: LightningModule, sets: dict[int, tuple],
+                       out: Path) -> dict[str, float]:
         start, timer, cfg = time.perf_counter(), Timer(), self.test_cfg
         self._prepare(pl_module)
         (train_x, train_y), (held_x, held_y) = sets[0], sets[1]
@@ -258,7 +221,6 @@ class GANEvaluationCallback(Callback):
         scalars = dict(report["scalars"], eval_seconds=time.perf_counter() - start)
         report["meta"] = self._test_meta(trainer, pl_module, len(images), len(train_x), len(held_x))
         report["seconds"] = dict(timer.seconds, total=scalars["eval_seconds"])
-        out = Path(self.report_dir) if self.report_dir else run_dir(trainer) / "gan_evaluation"
         json_path, md_path = write_report(report, figs, out)
         for name in figs:
             self._log_image(trainer, f"test/{name}", out / f"{name}.png")

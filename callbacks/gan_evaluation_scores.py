@@ -1,4 +1,8 @@
-"""What `GANEvaluationCallback` computes at each evaluation (SPEC §5); shared by validation and `tofgan test`.
+"""What `GANEvaluationCallback` collects and computes at each evaluation (SPEC §5); shared by validation and
+`tofgan test`.
+
+`PatchReservoir` keeps a seeded uniform subset of the real batches a loop streams past; `gather_patches`
+unites the ranks' subsets under DDP.
 
 `RealReference` holds what never changes between evaluations of one real set (its patches, features, Fréchet
 statistics and label measures) so that each evaluation pays only for the synthetic side. `score_synthetic`
@@ -22,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -34,6 +39,45 @@ from metrics.prd import PRDResult, prd_from_embeddings
 
 LABEL_KEYS = ("w1_radius_mm", "w1_vessel_fraction", "w1_n_components", "w1_largest_share", "w1_tissue_to_vessel",
               "w1_contrast", "absdiff_empty_fraction")
+
+
+class PatchReservoir:
+    """Seeded uniform subset (≤ capacity) of a stream of batches (reservoir sampling, algorithm R). Evaluation
+    loaders are not shuffled, so "the first N patches" would be the first patients only."""
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        self.capacity, self.seen = int(capacity), 0
+        self.rng = np.random.default_rng(seed)
+        self.images = self.labels = torch.empty(0)
+
+    def add(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        images, labels = images.detach().float().cpu(), (labels.detach() > 0.5).to(torch.uint8).cpu()
+        if self.seen == 0:
+            self.images = torch.empty((self.capacity, *images.shape[1:]), dtype=torch.float32)
+            self.labels = torch.empty((self.capacity, *labels.shape[1:]), dtype=torch.uint8)
+        for k in range(len(images)):
+            slot = self.seen if self.seen < self.capacity else int(self.rng.integers(0, self.seen + 1))
+            if slot < self.capacity:
+                self.images[slot], self.labels[slot] = images[k], labels[k]
+            self.seen += 1
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = min(self.seen, self.capacity)
+        return self.images[:n], self.labels[:n]
+
+
+def gather_patches(reservoir: PatchReservoir, capacity: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's reservoir, concatenated (collective under DDP; all ranks get the result)."""
+    images, labels = reservoir.tensors()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (images, labels))
+        parts = [p for p in parts if len(p[0])] or [parts[0]]  # a rank without batches sends empty tensors
+        images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        if len(images) > capacity:
+            keep = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(images), capacity, replace=False)))
+            images, labels = images[keep], labels[keep]
+    return images, labels
 
 
 @dataclass
@@ -167,8 +211,9 @@ def score_synthetic(images: torch.Tensor, labels: torch.Tensor, real: RealRefere
             feats = extract_features(extractor, images, cfg.batch_size)
         with timer.stage("fid"):
             fid = real.fid(feats)
-        with timer.stage("prd"):
-            prd = balanced_prd(feats, real.features, cfg)
+        with timer.stage("prd"):  # k-means on the extractor's device (a GPU during GPU training)
+            device = extractor_device(extractor)
+            prd = balanced_prd(feats.to(device), real.features.to(device), cfg)
     with timer.stage("ssim"):
         diversity = diversity_report(images, real.images, n_pairs=cfg.ssim_pairs, seed=cfg.seed)
     with timer.stage("label_realism"):

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
 
 def run_dir(trainer: Trainer) -> Path:
     """The folder of this run: beside the checkpoints when there are any, else the log dir.
@@ -92,11 +91,15 @@ class RunManifest(Callback):
             record["privacy"] = pl_module.privacy_report()
         return record
 
-    @rank_zero_only
     def write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        folder = run_dir(trainer)  # on every rank: it may broadcast under DDP
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module, stage, folder)
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule, stage: str, folder: Path) -> None:
         record = self.manifest(trainer, pl_module)
         record["stage"] = stage
-        out = run_dir(trainer) / (self.filename if stage == "fit" else self.filename.replace(".json", f"_{stage}.json"))
+        out = folder / (self.filename if stage == "fit" else self.filename.replace(".json", f"_{stage}.json"))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2, default=repr))
         for logger in trainer.loggers:

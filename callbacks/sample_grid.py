@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from callbacks.run_manifest import run_dir
+
 
 def pair_grid(raw: torch.Tensor, threshold: float, gap: int = 2) -> np.ndarray:
     """(N, 2, H, W) generator output → one gray image in [0, 1]: (image | thresholded label) per cell.
@@ -45,12 +47,15 @@ class SampleGridCallback(Callback):
         self.every_n_epochs = every_n_epochs
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        # Every rank: resolving the run folder may broadcast under DDP (trainer.log_dir is a collective).
+        out = run_dir(trainer) / "samples" / f"epoch_{trainer.current_epoch:04d}.png"
+        if not trainer.is_global_zero:
             return
         from matplotlib.image import imsave  # writes the PNG directly: no figure, no GUI backend
 
         grid = pair_grid(pl_module.sample_grid(), float(pl_module.label_threshold))
-        out = Path(trainer.log_dir or trainer.default_root_dir) / "samples" / f"epoch_{trainer.current_epoch:04d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         imsave(out, grid, cmap="gray", vmin=0.0, vmax=1.0)
         for logger in trainer.loggers:

@@ -75,7 +75,9 @@ def load_net_weights(net: nn.Module, path: str) -> None:
     try:
         raw = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-        raise ValueError(f"{file}: cannot read as a checkpoint or state dict ({err})") from err
+        raise ValueError(f"{file}: cannot read as a checkpoint or state dict with weights_only=True (a module built "
+                         "in Python pickles its net into the hyper-parameters; `tofgan fit` checkpoints do not): "
+                         f"save `module.net.state_dict()` with torch.save and pass that file. ({err})") from err
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{file}: holds no state dict")
@@ -238,12 +240,13 @@ class SegmentationModule(LightningModule):
                 for stat in ("mean", "std", "n_undefined"):
                     self.log(f"{prefix}/{name}_{stat}", res[f"{name}_{stat}"].float(), sync_dist=True)
             self.log(f"{prefix}/n_patients", res["n_patients"].float(), sync_dist=True)
-        if self.trainer.is_global_zero and results:
-            self._write_report(results, tables)
-
-    def _write_report(self, results: dict[str, dict[str, float]], tables: dict[str, list[dict]]) -> None:
-        """test_per_patient.csv (one row per patient, intracranial_* columns when masks exist) + test_summary.json."""
+        # Every rank resolves the folder: trainer.log_dir broadcasts under DDP.
         out_dir = Path(self.report_dir or self.trainer.log_dir or self.trainer.default_root_dir)
+        if self.trainer.is_global_zero and results:
+            self._write_report(results, tables, out_dir)
+
+    def _write_report(self, results: dict[str, dict[str, float]], tables: dict[str, list[dict]], out_dir: Path) -> None:
+        """test_per_patient.csv (one row per patient, intracranial_* columns when masks exist) + test_summary.json."""
         out_dir.mkdir(parents=True, exist_ok=True)
         rows: dict[str, dict[str, Any]] = {}
         fields = ["patient_id"]

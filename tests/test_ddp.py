@@ -18,7 +18,7 @@ from tests.fixtures_cohort import write_tiny_cohort
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 TOFGAN = str(Path(sys.executable).with_name("tofgan"))
-DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+DDP = ["--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
 def run_tofgan(args: list[str], cwd: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -67,10 +68,23 @@ def _callback(**kw) -> GANEvaluationCallback:
     return GANEvaluationCallback(**{**args, **kw})
 
 
+class ImageCSVLogger(CSVLogger):
+    """CSV logger with W&B's `log_image(key, images, step)` signature, recording the calls."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.images: list[tuple[str, list[str], int | None]] = []
+
+    def log_image(self, key: str, images: list, step: int | None = None, **kwargs) -> None:
+        self.images.append((key, images, step))
+
+
 def _frechet_sqrtm(a: np.ndarray, b: np.ndarray) -> float:
     """Textbook FID with scipy's sqrtm (independent of metrics.fid's Cholesky/eigenvalue route)."""
     mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2).real
+    with warnings.catch_warnings():  # dead ReLU channels make Σ singular; sqrtm stays accurate enough here
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2).real
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
@@ -120,7 +134,7 @@ def test_callback_in_fit_logs_finite_scores_and_leaves_the_gan_alone(cohort: Pat
                                                                       tmp_path: Path) -> None:
     dm, model, cb = _datamodule(cohort, tmp_path), _wgan(), _callback(extractor_checkpoint=str(extractor_ckpt))
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/fid", mode="min", save_top_k=1)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=2, logger=CSVLogger(tmp_path, name="run"),
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=2, logger=ImageCSVLogger(tmp_path, name="run"),
                         callbacks=[cb, ckpt_cb], enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=dm)
     logged = trainer.callback_metrics
@@ -142,6 +156,9 @@ def test_callback_in_fit_logs_finite_scores_and_leaves_the_gan_alone(cohort: Pat
     record = json.loads((evaluation / "val_metrics.jsonl").read_text().splitlines()[-1])
     assert record["fid"]["weights_sha256"] == ext.weights_sha256 and record["fid"]["n_real"] == len(real) == 24
     assert (evaluation / "epoch_0001_prd.png").is_file() and (evaluation / "epoch_0001_embedding.png").is_file()
+    assert {(key, step) for key, _, step in trainer.logger.images} == {
+        (k, s) for k in ("val/prd", "val/embedding") for s in (3, 6)}  # per epoch 2 critic + 1 generator steps
+    assert all(Path(p).is_file() for _, paths, _ in trainer.logger.images for p in paths)
     # the extractor stays out of the GAN checkpoint
     saved = torch.load(ckpt_cb.best_model_path, weights_only=False)
     assert all(k.startswith(("generator.", "critic.", "grid_noise")) for k in saved["state_dict"])
@@ -177,6 +194,10 @@ def _fragment(tmp_path: Path, extractor_ckpt: Path) -> Path:
     args.update(extractor_checkpoint=str(extractor_ckpt), every_n_epochs=1, n_samples=16, max_real=16,
                 test_n_samples=24, test_max_real=64, prd_num_clusters=4, prd_num_runs=2, prd_n_init=2,
                 ssim_pairs=16, val_embedding_max_per_set=16, test_embedding_max_per_set=20)
+    cfg["trainer"]["callbacks+"].append({  # per-epoch snapshots (trainer/cpu.yaml keeps every 5th epoch only)
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"filename": "{epoch}", "monitor": "val/fid", "mode": "min", "save_top_k": -1,
+                      "save_weights_only": True}})
     path = tmp_path / "gan_evaluation.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -190,7 +211,7 @@ def test_cli_fit_select_by_fid_and_test_report(cohort: Path, extractor_ckpt: Pat
     fids = {int(r["epoch"]): float(r["val/fid"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val/fid")}
     assert sorted(fids) == [0, 1] and all(np.isfinite(list(fids.values())))
     chosen = select_checkpoint(str(run), "min:val/fid")
-    assert f"epoch={min(fids, key=fids.get)}-" in chosen.name
+    assert chosen.name == f"epoch={min(fids, key=fids.get)}.ckpt"
 
     test = main(["test", *args, "--ckpt_path", str(chosen)])
     assert torch.isfinite(test.trainer.callback_metrics["test/fid"])
@@ -219,17 +240,39 @@ def test_ddp_two_ranks_log_the_same_scores_without_deadlock(cohort: Path, extrac
     from tests.test_ddp import run_tofgan
 
     ddp = ["--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
-    args = [*cpu_args(CONFIGS / "experiment" / "cpu_wgan_gp_sn.yaml", cohort, tmp_path),
+    # The experiment without its SampleGridCallback: that callback reads trainer.log_dir (a DDP collective) on
+    # rank 0 only and hangs two-rank runs by itself; this test is about the evaluation callback.
+    experiment = yaml.safe_load((CONFIGS / "experiment" / "cpu_wgan_gp_sn.yaml").read_text())
+    experiment["trainer"].pop("callbacks+")
+    copy = tmp_path / "cpu_wgan_gp_sn.yaml"
+    copy.write_text((CONFIGS / "experiment" / "cpu_wgan_gp_sn.yaml").read_text().splitlines()[0] + "\n"
+                    + yaml.safe_dump(experiment))
+    args = [*cpu_args(copy, cohort, tmp_path),
             "--config", str(_fragment(tmp_path, extractor_ckpt)), *ddp, "--data.init_args.batch_size", "8"]
-    run_tofgan(["fit", *args, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
-                "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=val/fid",
-                "--trainer.callbacks.filename=best-{epoch}"], tmp_path)  # fmt: skip
+    run_tofgan(["fit", *args, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2"], tmp_path)
     metrics = next(tmp_path.rglob("metrics.csv"))
     fids = [float(r["val/fid"]) for r in csv.DictReader(open(metrics)) if r.get("val/fid")]
     assert len(fids) == 2 and all(np.isfinite(fids))
-    best = list(tmp_path.rglob("best-epoch=*.ckpt"))
-    assert len(best) == 1, "ModelCheckpoint(monitor='val/fid') saved nothing under DDP"
-    run_tofgan(["test", *args, "--ckpt_path", str(best[0])], tmp_path)
+    assert len(list(tmp_path.rglob("epoch=*.ckpt"))) == 2, "ModelCheckpoint(monitor='val/fid') under DDP"
+    best = select_checkpoint(str(metrics.parent), "min:val/fid")
+    run_tofgan(["test", *args, "--ckpt_path", str(best)], tmp_path)
     report = json.loads(next(tmp_path.rglob("gan_evaluation.json")).read_text())
     # under DDP the real patches of both ranks are gathered: every train / held-out patch reaches rank 0
     assert report["fid"]["n_real"] == 24 and report["meta"]["n_real_heldout"] == 16
+
+
+def test_train_domain_extractor_publishes_a_versioned_file(cohort: Path, tmp_path: Path) -> None:
+    from workflows.domain_extractor import train_domain_extractor
+
+    path = train_domain_extractor(
+        str(tmp_path / "extractors"), "cpu_unet.yaml", max_epochs=2, replace=CPU,
+        extra_args=["--config", str(TEST_CONFIGS / "tiny_seg.yaml"), "--data.init_args.cohort_dir", str(cohort),
+                    "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path),
+                    "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.limit_train_batches", "2"])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert path.name == f"domain_extractor-{digest[:12]}.ckpt"
+    card = json.loads(path.with_suffix(".json").read_text())
+    dsc = [float(r["val/dsc"]) for r in csv.DictReader(open(Path(card["run_dir"]) / "metrics.csv")) if r.get("val/dsc")]
+    assert card["sha256"] == digest and card["best_score"] == pytest.approx(max(dsc))
+    ext = domain_extractor(str(path))  # tiny_seg.yaml: features [4, 8, 16]
+    assert ext.weights_sha256 == digest and ext(torch.randn(3, 1, SIZE, SIZE)).shape == (3, 16)

@@ -8,7 +8,7 @@ Recipe (once per cohort and split; the GAN runs that are compared must share one
     ckpt = train_domain_extractor("outputs/extractors", experiment="kossen2021_unet.yaml")  # paper size, GPU
 
 It runs `tofgan fit` on the experiment (same cohort and patient split as the GAN configs, so the extractor
-never sees the GAN's held-out test patients), selects the checkpoint by validation DSC, and copies it to
+never sees the GAN's held-out test patients), keeps the epoch of best validation DSC, and copies it to
 `<out_dir>/domain_extractor-<sha256[:12]>.ckpt` beside a JSON card (sha256, experiment, source run, DSC,
 layer, feature width). The content hash in the name versions it: a retrained extractor is a new file, and
 every FID records the sha256 of the weights that produced it. Then point the evaluation callback at it:
@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -98,34 +98,40 @@ def publish_extractor(checkpoint: str | Path, out_dir: str | Path, info: Mapping
 def train_domain_extractor(
     out_dir: str,
     experiment: str = "cpu_unet.yaml",
-    rule: str = "max:val/dsc",
+    monitor: str = "val/dsc",
+    mode: Literal["max", "min"] = "max",
     max_epochs: int | None = None,
     replace: dict[str, str] | None = None,
     extra_args: Sequence[str] = (),
 ) -> Path:
-    """Fit the segmentation experiment, select its checkpoint by `rule` (`workflows.select_checkpoint`) and
-    publish it as a versioned extractor file; returns that file.
+    """Fit the segmentation experiment, keep its best epoch by `monitor` (validation DSC, the papers' model
+    selection; a ModelCheckpoint of its own, whatever the trainer config keeps) and publish it as a versioned
+    extractor file; returns that file.
 
     Args:
         out_dir: where the extractor file and its card go. The training run is logged where the experiment's
             logger puts it (`outputs/` by default; with the CSV logger add `--trainer.logger.init_args.save_dir`).
         experiment: a `configs/experiment/` segmentation file (or a path); its `# compose:` line is followed.
-        rule: "max:val/dsc" (the paper's model selection), "last", ...
+        monitor / mode: the logged key that picks the epoch.
         max_epochs: override of the experiment's epochs (None: as configured).
         replace: fragment swaps, e.g. {"trainer": "trainer/cpu.yaml"} (`workflows.compose.experiment_args`).
         extra_args: further `tofgan fit` arguments (e.g. `--data.init_args.cohort_dir ...`).
     """
     from cli import main
     from workflows.compose import experiment_args
-    from workflows.select_checkpoint import select_checkpoint
 
-    runs = Path(out_dir) / "runs"
-    args = ["fit", *experiment_args(experiment, replace), "--trainer.default_root_dir", str(runs)]
+    args = ["fit", *experiment_args(experiment, replace),
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.monitor={monitor}", f"--trainer.callbacks.mode={mode}",
+            "--trainer.callbacks.filename=extractor-{epoch}", "--trainer.callbacks.save_top_k=1",
+            "--trainer.callbacks.save_weights_only=true"]
     if max_epochs is not None:
         args += ["--trainer.max_epochs", str(max_epochs)]
     cli = main([*args, *extra_args])
-    run = _run_dir(cli)
-    chosen = select_checkpoint(str(run), rule)
-    selection = json.loads((run / "selection.json").read_text())
-    return publish_extractor(chosen, out_dir, {"experiment": str(experiment), "run_dir": str(run), "rule": rule,
-                                                "epoch": selection.get("epoch"), "value": selection.get("value")})
+    best = next((cb for cb in cli.trainer.checkpoint_callbacks if getattr(cb, "monitor", None) == monitor), None)
+    if best is None or not best.best_model_path:
+        raise RuntimeError(f"train_domain_extractor: {experiment} saved no checkpoint selected by {monitor}")
+    score = best.best_model_score
+    return publish_extractor(best.best_model_path, out_dir, {
+        "experiment": str(experiment), "run_dir": str(_run_dir(cli)), "monitor": monitor, "mode": mode,
+        "best_score": float(score) if score is not None else None})

@@ -12,10 +12,11 @@ Selection rule (`select`):
   * "last": the member scores its last epoch and the last checkpoint is tested (the paper's fixed 15
     epochs read literally).
 The member with the highest score wins; ties go to the earlier member in grid order; NaN scores never win.
-Needs a trainer config that checkpoints every epoch (trainer/cpu.yaml and gpu.yaml do: save_top_k -1).
+The workflow appends its own ModelCheckpoint that keeps exactly the selected epoch (weights only), so it
+does not depend on how often the trainer config checkpoints.
 
 Outputs in `out_dir`: `grid.csv` (member, settings, val DSC, epoch, checkpoint), `selection.json`, the
-runs under `runs/<member>/`, and the test report of the chosen member in `test/` (test_summary.json,
+runs under `runs/<member>/` (CSV logs in version_N/, the selected checkpoint in selected/), and the test report of the chosen member in `test/` (test_summary.json,
 test_per_patient.csv, error_maps/).
 """
 
@@ -25,6 +26,7 @@ import csv
 import itertools
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +103,9 @@ def select_member(rows: Sequence[dict[str, Any]], key: str = "val_dsc") -> int:
 class FitResult:
     run: str
     metrics_csv: Path
-    checkpoint_dir: Path
-    last_checkpoint: Path
+    checkpoint: Path  # the selected epoch's weights (written by the selection ModelCheckpoint)
+    epoch: int
+    score: float
 
 
 def _finish_wandb() -> None:
@@ -115,40 +118,44 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-def logger_args(run: str, out: Path, group: str | None) -> list[str]:
-    """A per-run logger fragment: CSV (for reading scores back) first, plus W&B in `group` when given."""
+def run_fragments(run: str, out: Path, group: str | None, select: Select | None = None) -> list[str]:
+    """Per-run config: CSV logger (scores are read back from it) first, W&B in `group` when given, and with
+    `select` a ModelCheckpoint appended to the trainer's callbacks that keeps exactly the selected epoch:
+    the best `val/dsc` (strictly better replaces, so ties keep the earlier epoch) or the last epoch.
+    The workflow adds its own because trainer configs checkpoint at their own pace (e.g. every 5 epochs)."""
     loggers: list[dict[str, Any]] = [
         {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out / "runs"), "name": run}}]
     if group:
         loggers.append({"class_path": "lightning.pytorch.loggers.WandbLogger",
                         "init_args": {"project": "tofgan", "save_dir": str(out), "name": run, "group": group}})
-    fragment = out / "configs" / f"logger-{run}.yaml"
+    trainer: dict[str, Any] = {"logger": loggers}
+    if select:
+        monitor, mode = ("val/dsc", "max") if select == "best" else ("epoch", "max")
+        trainer["callbacks+"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
+            "dirpath": str(out / "runs" / run / "selected"), "filename": "selected-{epoch}", "monitor": monitor,
+            "mode": mode, "save_top_k": 1, "save_weights_only": True, "save_last": False}}]
+    fragment = out / "configs" / f"{run}.yaml"
     fragment.parent.mkdir(parents=True, exist_ok=True)
-    fragment.write_text(yaml.safe_dump({"trainer": {"logger": loggers}}))
+    fragment.write_text(yaml.safe_dump({"trainer": trainer}, sort_keys=False))
     return ["--config", str(fragment)]
 
 
-def run_fit(experiment: str, run: str, out: Path, args: Sequence[str], group: str | None) -> FitResult:
+def run_fit(experiment: str, run: str, out: Path, args: Sequence[str], group: str | None,
+            select: Select = "best") -> FitResult:
+    """One `tofgan fit`; returns the selected epoch, its val/dsc and its checkpoint."""
     from cli import main
 
-    cli = main(["fit", *experiment_args(experiment), *logger_args(run, out, group), *args])
+    folder = out / "runs" / run / "selected"
+    shutil.rmtree(folder, ignore_errors=True)  # a rerun must not find the previous run's selection
+    cli = main(["fit", *experiment_args(experiment), *run_fragments(run, out, group, select), *args])
     _finish_wandb()
-    ckpt = cli.trainer.checkpoint_callback
-    if ckpt is None or not ckpt.dirpath:
-        raise ValueError(f"{experiment}: the trainer has no ModelCheckpoint; the grid needs per-epoch checkpoints")
-    return FitResult(run, Path(cli.trainer.loggers[0].log_dir) / "metrics.csv", Path(ckpt.dirpath),
-                     Path(ckpt.last_model_path))
-
-
-def epoch_checkpoint(fit: FitResult, epoch: int, select: Select) -> Path:
-    """The checkpoint of `epoch` (ModelCheckpoint's default `epoch=E-step=S.ckpt`); `last.ckpt` for "last"."""
-    if select == "last" and fit.last_checkpoint.is_file():
-        return fit.last_checkpoint
-    found = sorted(fit.checkpoint_dir.glob(f"epoch={epoch}-*.ckpt"))
-    if not found:
-        raise FileNotFoundError(f"{fit.checkpoint_dir}: no checkpoint of epoch {epoch}; the trainer must save "
-                                "every epoch (ModelCheckpoint save_top_k: -1, every_n_epochs: 1)")
-    return found[-1]
+    metrics_csv = Path(cli.trainer.loggers[0].log_dir) / "metrics.csv"
+    epoch, score = pick_epoch(epoch_scores(metrics_csv), select)
+    ckpt = next((Path(c.best_model_path) for c in cli.trainer.checkpoint_callbacks
+                 if c.dirpath and Path(c.dirpath) == folder), None)
+    if ckpt is None or ckpt.name != f"selected-epoch={epoch}.ckpt":
+        raise RuntimeError(f"{folder}: the kept checkpoint {ckpt} is not the selected epoch {epoch} of {metrics_csv}")
+    return FitResult(run, metrics_csv, ckpt, epoch, score)
 
 
 def run_test(experiment: str, run: str, ckpt: Path, out: Path, report_dir: Path, args: Sequence[str],
@@ -157,7 +164,7 @@ def run_test(experiment: str, run: str, ckpt: Path, out: Path, report_dir: Path,
     from cli import main
 
     extra = [ERROR_MAPS] if error_maps else []
-    main(["test", *experiment_args(experiment), *logger_args(run, out, group), *args, "--ckpt_path", str(ckpt),
+    main(["test", *experiment_args(experiment), *run_fragments(run, out, group), *args, "--ckpt_path", str(ckpt),
           "--model.init_args.report_dir", str(report_dir), *extra])  # fmt: skip
     _finish_wandb()
     return json.loads((report_dir / "test_summary.json").read_text())
@@ -184,13 +191,17 @@ def grid_search(
     Args:
         experiment: experiment file (name under configs/experiment/ or a path), e.g. kossen2021_unet.yaml.
         out_dir: folder of runs, grid.csv, selection.json and the test report.
-        lrs, dropouts, augment, batch_sizes: the grid (batch_sizes None: the experiment's batch size).
+        lrs: learning rates of the grid.
+        dropouts: U-Net dropout rates of the grid.
+        augment: classical augmentation off/on (`data.init_args.augment`).
+        batch_sizes: global batch sizes of the grid; None keeps the experiment's.
         extra_args: more CLI arguments for every fit and the test (e.g. synthetic stores, max_epochs); they
             come before the member's own settings, which therefore always win.
         test: test the chosen member on the test patients.
         select: "best" epoch or "last" epoch of each member (module docstring).
         seed: `--seed_everything` of every run.
-        group: W&B group of all runs (default: "grid-" + the out_dir name); wandb: False for CSV only.
+        group: W&B group of all runs (default: "grid-" + the out_dir name).
+        wandb: False for CSV logs only (no W&B runs).
         error_maps: write error maps of the test patients.
     """
     out = Path(out_dir)
@@ -199,10 +210,8 @@ def grid_search(
     common = ["--seed_everything", str(seed), *(extra_args or [])]
     rows = []
     for member in grid_members(lrs, dropouts, augment, batch_sizes):
-        fit = run_fit(experiment, member["member"], out, [*common, *member_args(member)], group)
-        epoch, score = pick_epoch(epoch_scores(fit.metrics_csv), select)
-        rows.append({**member, "val_dsc": score, "epoch": epoch,
-                     "checkpoint": str(epoch_checkpoint(fit, epoch, select))})
+        fit = run_fit(experiment, member["member"], out, [*common, *member_args(member)], group, select)
+        rows.append({**member, "val_dsc": fit.score, "epoch": fit.epoch, "checkpoint": str(fit.checkpoint)})
     columns = ["member", "lr", "dropout", "augment", "batch_size", "val_dsc", "epoch", "checkpoint"]
     with open(out / "grid.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")

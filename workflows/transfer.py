@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from datamodules.splits import THOUSANDPLUS_TRAIN_SUBSETS  # noqa: E402
-from workflows.grid_search import Select, epoch_checkpoint, epoch_scores, pick_epoch, run_fit, run_test  # noqa: E402
+from workflows.grid_search import Select, run_fit, run_test  # noqa: E402
 from workflows.report import markdown_table, write_csv  # noqa: E402
 
 INITS = ("scratch", "pretrained")
@@ -124,7 +124,8 @@ def transfer_sweep(
             pretrained are set after them.
         select: "best" or "last" epoch of each run (workflows.grid_search).
         seed: `--seed_everything` of every run.
-        group: W&B group (default "transfer-" + out_dir name); wandb False: CSV logs only.
+        group: W&B group of all runs (default "transfer-" + the out_dir name).
+        wandb: False for CSV logs only (no W&B runs).
         error_maps: write error maps of the test patients.
     """
     if not Path(pretrained).is_file():
@@ -140,9 +141,8 @@ def transfer_sweep(
             run = f"n{n:02d}-{init}"
             init_args = ["--model.init_args.pretrained", str(pretrained) if init == "pretrained" else "null"]
             args = [*common, "--data.init_args.n_train", str(n)]
-            fit = run_fit(experiment, run, out, [*args, *init_args], group)
-            epoch, val_dsc = pick_epoch(epoch_scores(fit.metrics_csv), select)
-            ckpt = epoch_checkpoint(fit, epoch, select)
+            fit = run_fit(experiment, run, out, [*args, *init_args], group, select)
+            epoch, val_dsc, ckpt = fit.epoch, fit.score, fit.checkpoint
             report = out / "runs" / run / "test"
             # The checkpoint holds the fine-tuned weights: no need to read the pre-trained file again.
             summary = run_test(experiment, f"{run}-test", ckpt, out, report,
