@@ -23,8 +23,10 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
     from simulation.render import render_tof_nifti
     from workflows.demo import run_demo
     from workflows.domain_extractor import train_domain_extractor
+    from workflows.grid_search import grid_search
     from workflows.select_checkpoint import select_checkpoint
     from workflows.synthesize import synthesize
+    from workflows.transfer import transfer_sweep
 
     return {
         "simulate": simulate_cohort,
@@ -32,11 +34,15 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
         "synthesize": synthesize,
         "select": select_checkpoint,
         "domain-extractor": train_domain_extractor,
+        "grid-search": grid_search,
+        "transfer": transfer_sweep,
         "demo": run_demo,
     }
 
 
-TOOL_COMMANDS = ("simulate", "render-tof", "synthesize", "select", "domain-extractor", "demo")
+TOOL_COMMANDS = (
+    "simulate", "render-tof", "synthesize", "select", "domain-extractor", "grid-search", "transfer", "demo",
+)
 
 
 def _wandb_logged_in() -> bool:

@@ -84,6 +84,7 @@ class ErrorMapCallback(Callback):
         self.n_slices = n_slices
         self.out_dir = out_dir
         self._written: list[tuple[str, str]] = []
+        self._folder = Path(out_dir or ".") / "error_maps"
 
     def folder(self, trainer: Trainer, pl_module: LightningModule) -> Path:
         base = self.out_dir or getattr(pl_module, "report_dir", None) or trainer.log_dir or trainer.default_root_dir
@@ -91,6 +92,7 @@ class ErrorMapCallback(Callback):
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._written = []
+        self._folder = self.folder(trainer, pl_module)  # every rank, once: trainer.log_dir broadcasts under DDP
 
     def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -98,7 +100,7 @@ class ErrorMapCallback(Callback):
             raise ValueError("callbacks/error_maps.py: test_step must return a dict with 'pred' and 'patient_id'")
         from matplotlib.image import imsave  # writes the array's pixels as they are: no figure, no backend
 
-        folder = self.folder(trainer, pl_module)
+        folder = self._folder
         folder.mkdir(parents=True, exist_ok=True)
         image, label, pred = _np(batch["image"]), _np(batch["label"]), _np(outputs["pred"])
         for i, pid in enumerate(outputs["patient_id"]):
