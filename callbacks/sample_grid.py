@@ -15,7 +15,7 @@ from callbacks.run_manifest import run_dir
 def pair_grid(raw: torch.Tensor, threshold: float, gap: int = 2) -> np.ndarray:
     """(N, 2, H, W) generator output → one gray image in [0, 1]: (image | thresholded label) per cell.
 
-    Hand-tiled with numpy because torchvision's make_grid is not available everywhere (HELPER_RULES).
+    Hand-tiled with numpy because torchvision's make_grid is not installable on every machine (no CPU build here).
     """
     if raw.ndim != 4 or raw.shape[1] != 2:
         raise ValueError(f"callbacks/sample_grid.py: expected (N, 2, H, W) samples, got {tuple(raw.shape)}")
