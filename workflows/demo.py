@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from workflows.compose import experiment_args
+from workflows.runs import finish_wandb, run_fragments
 from workflows.report import markdown_table, mean_sd, plot_curves, write_csv
 
 GAN = "demo_wgan_gp_sn.yaml"
@@ -23,42 +22,21 @@ METRICS = ("dsc", "hd95", "bavd")
 
 
 def _fit(experiment: str, run: str, out: Path, extra: list[str]) -> Path:
-    """Fits through the CLI and returns the run's last checkpoint."""
+    """Fits through the CLI and returns the run's last checkpoint (full state, resumable)."""
     from cli import main
 
-    cli = main(["fit", *experiment_args(experiment), *_logger_args(run, out), *extra])
-    _finish_wandb()
+    cli = main(["fit", *experiment_args(experiment), *run_fragments(run, out, "demo"), *extra])
+    finish_wandb()
     return Path(cli.trainer.checkpoint_callback.last_model_path)
-
-
-def _finish_wandb() -> None:
-    """Lightning leaves the W&B run open; the next step of this process would log into it."""
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
-
-
-def _logger_args(run: str, out: Path) -> list[str]:
-    """A per-run logger fragment: CSV for the report plus W&B in the demo's group."""
-    fragment = out / "configs" / f"logger-{run}.yaml"
-    fragment.parent.mkdir(parents=True, exist_ok=True)
-    loggers = [
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out), "name": run}},
-        {"class_path": "lightning.pytorch.loggers.WandbLogger",
-         "init_args": {"project": "tofgan", "save_dir": str(out), "name": run, "group": "demo"}},
-    ]  # fmt: skip
-    fragment.write_text(yaml.safe_dump({"trainer": {"logger": loggers}}))
-    return ["--config", str(fragment)]
 
 
 def _test(experiment: str, run: str, ckpt: Path, out: Path, extra: list[str]) -> dict[str, Any]:
     from cli import main
 
     report_dir = out / run
-    main(["test", *experiment_args(experiment), "--ckpt_path", str(ckpt), *_logger_args(run, out),
+    main(["test", *experiment_args(experiment), "--ckpt_path", str(ckpt), *run_fragments(run, out, "demo"),
           "--model.init_args.report_dir", str(report_dir), *extra])  # fmt: skip
-    _finish_wandb()
+    finish_wandb()
     return json.loads((report_dir / "test_summary.json").read_text())["results"]
 
 
@@ -96,7 +74,7 @@ def _write_report(out: Path, rows: list[dict[str, Any]], minutes: float) -> Path
     columns = ["training data", "vessels", "DSC", "HD95", "BAVD", "patients"]
     write_csv(rows, columns, report / "results.csv")
     table = markdown_table(rows, columns)
-    csvs = sorted(out.glob("gan/version_*/metrics.csv"))
+    csvs = sorted(out.glob("runs/gan/version_*/metrics.csv"))
     lines = ["# tofgan demo", "", f"Wall time of the pipeline: {minutes:.1f} min.", "",
              "U-Net tested on the real (simulated) test patients, mean ± SD over patients; HD95 and BAVD in "
              "mm. `intracranial`: label and prediction masked with the brain mask (SPEC §4). The U-Nets see "
@@ -106,7 +84,7 @@ def _write_report(out: Path, rows: list[dict[str, Any]], minutes: float) -> Path
         plot_curves(csvs[-1], ["train/critic_loss", "train/generator_loss", "train/wasserstein",
                                "train/gradient_penalty"], report / "gan_losses.png", "WGAN-GP-SN")  # fmt: skip
         lines += ["## GAN training", "", "![losses](gan_losses.png)", ""]
-    grids = sorted(out.glob("gan/**/samples/*.png"))
+    grids = sorted(out.glob("runs/gan/**/samples/*.png"))
     if grids:
         (report / "samples.png").write_bytes(grids[-1].read_bytes())
         lines += [f"## Fixed-noise samples ({grids[-1].stem})", "", "![samples](samples.png)", ""]

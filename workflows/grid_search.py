@@ -35,8 +35,7 @@ from typing import Any, Literal
 import yaml
 
 from workflows.compose import experiment_args
-
-Select = Literal["best", "last"]
+from workflows.runs import Select, finish_wandb, run_fragments
 ERROR_MAPS = "--trainer.callbacks+=callbacks.error_maps.ErrorMapCallback"
 
 
@@ -108,38 +107,6 @@ class FitResult:
     score: float
 
 
-def _finish_wandb() -> None:
-    """Lightning leaves the W&B run open; the next run of this process would log into it."""
-    try:
-        import wandb
-    except ImportError:
-        return
-    if wandb.run is not None:
-        wandb.finish()
-
-
-def run_fragments(run: str, out: Path, group: str | None, select: Select | None = None) -> list[str]:
-    """Per-run config: CSV logger (scores are read back from it) first, W&B in `group` when given, and with
-    `select` a ModelCheckpoint appended to the trainer's callbacks that keeps exactly the selected epoch:
-    the best `val/dsc` (strictly better replaces, so ties keep the earlier epoch) or the last epoch.
-    The workflow adds its own because trainer configs checkpoint at their own pace (e.g. every 5 epochs)."""
-    loggers: list[dict[str, Any]] = [
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out / "runs"), "name": run}}]
-    if group:
-        loggers.append({"class_path": "lightning.pytorch.loggers.WandbLogger",
-                        "init_args": {"project": "tofgan", "save_dir": str(out), "name": run, "group": group}})
-    trainer: dict[str, Any] = {"logger": loggers}
-    if select:
-        monitor, mode = ("val/dsc", "max") if select == "best" else ("epoch", "max")
-        trainer["callbacks+"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
-            "dirpath": str(out / "runs" / run / "selected"), "filename": "selected-{epoch}", "monitor": monitor,
-            "mode": mode, "save_top_k": 1, "save_weights_only": True, "save_last": False}}]
-    fragment = out / "configs" / f"{run}.yaml"
-    fragment.parent.mkdir(parents=True, exist_ok=True)
-    fragment.write_text(yaml.safe_dump({"trainer": trainer}, sort_keys=False))
-    return ["--config", str(fragment)]
-
-
 def run_fit(experiment: str, run: str, out: Path, args: Sequence[str], group: str | None,
             select: Select = "best") -> FitResult:
     """One `tofgan fit`; returns the selected epoch, its val/dsc and its checkpoint."""
@@ -148,7 +115,7 @@ def run_fit(experiment: str, run: str, out: Path, args: Sequence[str], group: st
     folder = out / "runs" / run / "selected"
     shutil.rmtree(folder, ignore_errors=True)  # a rerun must not find the previous run's selection
     cli = main(["fit", *experiment_args(experiment), *run_fragments(run, out, group, select), *args])
-    _finish_wandb()
+    finish_wandb()
     metrics_csv = Path(cli.trainer.loggers[0].log_dir) / "metrics.csv"
     epoch, score = pick_epoch(epoch_scores(metrics_csv), select)
     ckpt = next((Path(c.best_model_path) for c in cli.trainer.checkpoint_callbacks
@@ -166,7 +133,7 @@ def run_test(experiment: str, run: str, ckpt: Path, out: Path, report_dir: Path,
     extra = [ERROR_MAPS] if error_maps else []
     main(["test", *experiment_args(experiment), *run_fragments(run, out, group), *args, "--ckpt_path", str(ckpt),
           "--model.init_args.report_dir", str(report_dir), *extra])  # fmt: skip
-    _finish_wandb()
+    finish_wandb()
     return json.loads((report_dir / "test_summary.json").read_text())
 
 
