@@ -7,12 +7,12 @@ test both on the real test patients → table + report folder. Every step is a `
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from workflows.compose import experiment_args
+from workflows.grid_search import run_test
 from workflows.runs import finish_wandb, run_fragments
 from workflows.report import markdown_table, mean_sd, plot_curves, write_csv
 
@@ -31,13 +31,8 @@ def _fit(experiment: str, run: str, out: Path, extra: list[str]) -> Path:
 
 
 def _test(experiment: str, run: str, ckpt: Path, out: Path, extra: list[str]) -> dict[str, Any]:
-    from cli import main
-
-    report_dir = out / run
-    main(["test", *experiment_args(experiment), "--ckpt_path", str(ckpt), *run_fragments(run, out, "demo"),
-          "--model.init_args.report_dir", str(report_dir), *extra])  # fmt: skip
-    finish_wandb()
-    return json.loads((report_dir / "test_summary.json").read_text())["results"]
+    summary = run_test(experiment, run, ckpt, out, out / run, extra, "demo", error_maps=False)
+    return summary["results"]
 
 
 def run_demo(out_dir: str = "outputs/demo", n_synthetic: int = 2000, seed: int = 0) -> Path:
