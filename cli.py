@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 def _tool_commands() -> dict[str, Callable[..., Any]]:
     """Imported lazily so `tofgan fit --help` does not pay for every tool's imports."""
     from simulation.cohort import simulate_cohort
+    from workflows.compare import compare
     from simulation.render import render_tof_nifti
     from workflows.demo import run_demo
     from workflows.domain_extractor import train_domain_extractor
@@ -36,12 +37,13 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
         "domain-extractor": train_domain_extractor,
         "grid-search": grid_search,
         "transfer": transfer_sweep,
+        "compare": compare,
         "demo": run_demo,
     }
 
 
 TOOL_COMMANDS = (
-    "simulate", "render-tof", "synthesize", "select", "domain-extractor", "grid-search", "transfer", "demo",
+    "simulate", "render-tof", "synthesize", "select", "domain-extractor", "grid-search", "transfer", "compare", "demo",
 )
 
 

@@ -42,7 +42,10 @@ class SegmentationDataModule(CohortDataModule):
         synthetic_stores: list[str] = [],  # noqa: B006
         predict_split: Literal["train", "val", "test"] = "test",
         augment: bool = False,
+        test_split: Literal["val", "test"] = "test",
     ) -> None:
+        """`test_split: val` runs `tofgan test` on the validation patients' whole volumes: the per-patient
+        validation DSC / 95HD of the paper's Table 2 (the fit-time `val/dsc` is pooled over patches)."""
         super().__init__(cohort_dir, simulate, n_train, n_val, n_test, split_seed, cache_dir, batch_size,
                          num_workers, seed)
         if not use_real and not synthetic_stores:
@@ -53,6 +56,7 @@ class SegmentationDataModule(CohortDataModule):
         self.use_real = use_real
         self.synthetic_stores = [str(s) for s in synthetic_stores]
         self.predict_split = predict_split
+        self.test_split = test_split
         self.augment = augment
         self.train_set: Dataset | None = None
         self.val_set: PatchDataset | None = None
@@ -93,7 +97,7 @@ class SegmentationDataModule(CohortDataModule):
         return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(VolumeDataset(self.records_of("test")), batch_size=1)
+        return self._loader(VolumeDataset(self.records_of(self.test_split)), batch_size=1)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(VolumeDataset(self.records_of(self.predict_split)), batch_size=1)

@@ -267,6 +267,7 @@ class SegmentationModule(LightningModule):
 
         summary = {
             "results": {g: {m: clean(v) for m, v in r.items()} for g, r in results.items()},
+            "split": getattr(self.trainer.datamodule, "test_split", "test"),
             "threshold": self.threshold,
             "std": "sample standard deviation over patients (ddof=1)",
             "hd95": "95th percentile of pooled symmetric surface distances, mm",

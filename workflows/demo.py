@@ -16,7 +16,7 @@ from workflows.grid_search import run_test
 from workflows.runs import finish_wandb, run_fragments
 from workflows.report import markdown_table, mean_sd, plot_curves, write_csv
 
-GAN = "demo_wgan_gp_sn.yaml"
+GAN = "cpu_compare_wgan_gp_sn.yaml"
 UNET = "cpu_unet.yaml"
 METRICS = ("dsc", "hd95", "bavd")
 
@@ -35,27 +35,31 @@ def _test(experiment: str, run: str, ckpt: Path, out: Path, extra: list[str]) ->
     return summary["results"]
 
 
-def run_demo(out_dir: str = "outputs/demo", n_synthetic: int = 2000, seed: int = 0) -> Path:
+def run_demo(out_dir: str = "outputs/demo", n_synthetic: int = 2000, seed: int = 0,
+             gan_args: list[str] | None = None, unet_args: list[str] | None = None) -> Path:
     """Runs the demo and returns the report folder.
 
     Args:
         out_dir: where runs, synthetic store and the report go.
         n_synthetic: synthetic pairs to write (paper: 41,000; the demo matches its 2,000 real training patches).
         seed: seed of every step.
+        gan_args: more CLI arguments for the GAN fit (e.g. another `--data.init_args.cohort_dir`).
+        unet_args: more CLI arguments for the U-Net fits and tests.
     """
     from workflows.synthesize import synthesize
 
     out = Path(out_dir)
     started = time.time()
     seed_arg = ["--seed_everything", str(seed)]
-    gan_ckpt = _fit(GAN, "gan", out, seed_arg)
+    gan_ckpt = _fit(GAN, "gan", out, [*seed_arg, *(gan_args or [])])
     store = synthesize(str(gan_ckpt), str(out / "synthetic"), n_samples=n_synthetic, seed=seed, overwrite=True)
     synth_args = ["--data.init_args.use_real", "false", "--data.init_args.synthetic_stores", f"[{store}]"]
-    unet_synth = _fit(UNET, "unet-synthetic", out, seed_arg + synth_args)
-    unet_real = _fit(UNET, "unet-real", out, seed_arg)
+    unet_common = [*seed_arg, *(unet_args or [])]
+    unet_synth = _fit(UNET, "unet-synthetic", out, unet_common + synth_args)
+    unet_real = _fit(UNET, "unet-real", out, unet_common)
     rows = []
     for name, ckpt in (("synthetic (WGAN-GP-SN)", unet_synth), ("real", unet_real)):
-        results = _test(UNET, f"test-{name.split()[0]}", ckpt, out, seed_arg)
+        results = _test(UNET, f"test-{name.split()[0]}", ckpt, out, unet_common)
         for voxels, summary in results.items():  # "all" vessels, and "intracranial" with brain masks
             rows.append({"training data": name, "vessels": voxels, **{m.upper(): mean_sd(summary, m) for m in METRICS},
                          "patients": int(summary.get("n_patients", 0))})  # fmt: skip

@@ -119,7 +119,7 @@ def run_fit(experiment: str, run: str, out: Path, args: Sequence[str], group: st
     metrics_csv = Path(cli.trainer.loggers[0].log_dir) / "metrics.csv"
     epoch, score = pick_epoch(epoch_scores(metrics_csv), select)
     ckpt = next((Path(c.best_model_path) for c in cli.trainer.checkpoint_callbacks
-                 if c.dirpath and Path(c.dirpath) == folder), None)
+                 if c.dirpath and Path(c.dirpath).resolve() == folder.resolve()), None)
     if ckpt is None or ckpt.name != f"selected-epoch={epoch}.ckpt":
         raise RuntimeError(f"{folder}: the kept checkpoint {ckpt} is not the selected epoch {epoch} of {metrics_csv}")
     return FitResult(run, metrics_csv, ckpt, epoch, score)

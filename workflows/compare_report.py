@@ -1,0 +1,162 @@
+"""Report of `tofgan compare`: Table 2 of Kossen et al. 2021 as CSV and markdown, the ordering check, figures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.image import imread  # noqa: E402
+
+from workflows.report import markdown_table, plot_curves, write_csv  # noqa: E402
+
+SECTIONS = {"real": "U-Net on real data", "real+synthetic": "Augmentation (real + synthetic)",
+            "synthetic": "Anonymisation (synthetic only)"}  # fmt: skip
+METRICS = ("dsc", "hd95", "bavd")
+COLUMNS = ["training", "gan", "evaluated_on", "vessels", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
+           "n_patients", "epoch", "val_dsc_patches", "checkpoint"]  # fmt: skip
+GAN_LOSSES = ["train/critic_loss", "train/discriminator_loss", "train/generator_loss", "train/wasserstein",
+              "train/gradient_penalty"]  # fmt: skip
+
+
+PAPER_ORDER = ("DCGAN", "WGAN-GP", "WGAN-GP-SN")  # synthetic-only DSC, ascending, in Kossen et al. 2021
+
+
+def result_rows(steps: dict[str, Any], gans: list[str]) -> list[dict[str, Any]]:
+    """One row per U-Net × evaluated set (val, test, external) × vessel set (all, intracranial), for the real
+    data and the GANs in `gans` (a resumed folder may hold others)."""
+    rows = []
+    for unet in (v for k, v in steps.items() if k.startswith("unet/") and v["gan"] in (None, *gans)):
+        for split, summary in unet["summaries"].items():
+            for vessels, res in summary["results"].items():
+                rows.append({"training": unet["training"], "gan": unet["gan"] or "", "evaluated_on": split,
+                             "vessels": vessels, **{f"{m}_{s}": res.get(f"{m}_{s}") for m in METRICS for s in ("mean", "std")},
+                             "n_patients": res.get("n_patients"), "epoch": unet["epoch"],
+                             "val_dsc_patches": unet["val_dsc_patches"], "checkpoint": unet["checkpoint"]})  # fmt: skip
+    return rows
+
+
+def _cell(rows: list[dict[str, Any]], training: str, gan: str, split: str, vessels: str, metric: str) -> str:
+    for r in rows:
+        if (r["training"], r["gan"], r["evaluated_on"], r["vessels"]) == (training, gan, split, vessels):
+            mean, sd = r[f"{metric}_mean"], r[f"{metric}_std"]
+            if mean is None:
+                return "n/a"
+            digits = 3 if metric == "dsc" else 2
+            return f"{mean:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{mean:.{digits}f}"
+    return "–"
+
+
+def table2(rows: list[dict[str, Any]], gans: list[str], vessels: str) -> str:
+    """Table 2's layout: val/test DSC and 95HD per model, section rows in italics, external rows when tested."""
+    columns = ["model", "val DSC", "test DSC", "val 95HD (mm)", "test 95HD (mm)"]
+    lines: list[dict[str, str]] = []
+
+    def add(model: str, training: str, gan: str, val: str = "val", test: str = "test") -> None:
+        lines.append({"model": model, "val DSC": _cell(rows, training, gan, val, vessels, "dsc"),
+                      "test DSC": _cell(rows, training, gan, test, vessels, "dsc"),
+                      "val 95HD (mm)": _cell(rows, training, gan, val, vessels, "hd95"),
+                      "test 95HD (mm)": _cell(rows, training, gan, test, vessels, "hd95")})  # fmt: skip
+
+    add(f"**{SECTIONS['real']}**", "real", "")
+    for training in ("real+synthetic", "synthetic"):
+        lines.append({"model": f"*{SECTIONS[training]}*"})
+        for gan in gans:
+            add(gan, training, gan)
+    if any(r["evaluated_on"] == "external" for r in rows):
+        lines.append({"model": "*Evaluated on the external cohort (test patients)*"})
+        add("real data", "real", "", val="none", test="external")
+        for gan in gans:
+            add(f"{gan} (synthetic only)", "synthetic", gan, val="none", test="external")
+    return markdown_table(lines, columns)
+
+
+def ordering(rows: list[dict[str, Any]], vessels: str, split: str = "test") -> tuple[bool | None, dict]:
+    """Whether synthetic-only DSC follows the paper's order (DCGAN ≤ WGAN-GP ≤ WGAN-GP-SN); None when one of
+    the three is missing. Returns (holds, {gan: mean DSC} of every GAN)."""
+    values = {r["gan"]: r["dsc_mean"] for r in rows if (r["training"], r["evaluated_on"], r["vessels"]) ==
+              ("synthetic", split, vessels)}  # fmt: skip
+    dsc = [values.get(g) for g in PAPER_ORDER]
+    if any(v is None or math.isnan(v) for v in dsc):
+        return None, values
+    return all(a <= b for a, b in zip(dsc, dsc[1:])), values
+
+
+def plot_comparison(rows: list[dict[str, Any]], vessels: str, out_png: Path) -> Path:
+    """Bars of mean DSC (± SD over patients) per U-Net, one colour per evaluated set."""
+    models = list(dict.fromkeys((r["training"], r["gan"]) for r in rows))
+    splits = [s for s in ("val", "test", "external") if any(r["evaluated_on"] == s for r in rows)]
+    fig, ax = plt.subplots(figsize=(1.2 * len(models) + 2, 3.8))
+    width = 0.8 / max(len(splits), 1)
+    for k, split in enumerate(splits):
+        label: str | None = split  # once per evaluated set
+        for i, (training, gan) in enumerate(models):
+            match = [r for r in rows if (r["training"], r["gan"], r["evaluated_on"], r["vessels"]) == (training, gan, split, vessels)]
+            if match and match[0]["dsc_mean"] is not None:
+                ax.bar(i + (k - (len(splits) - 1) / 2) * width, match[0]["dsc_mean"], width,
+                       yerr=match[0]["dsc_std"] or 0.0, color=f"C{k}", capsize=2, label=label)
+                label = None
+    ax.set_xticks(range(len(models)), [f"{t}\n{g}" if g else t for t, g in models], fontsize=7)
+    ax.set_ylabel(f"DSC ({vessels} vessels)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+def plot_samples(gan_steps: dict[str, dict[str, Any]], out_png: Path) -> Path | None:
+    """The paper's Fig. 2: each GAN's synthetic pairs (the store previews) side by side."""
+    previews = {name: Path(g["store"]) / "preview.png" for name, g in gan_steps.items()}
+    previews = {name: p for name, p in previews.items() if p.is_file()}
+    if not previews:
+        return None
+    fig, axes = plt.subplots(1, len(previews), figsize=(4 * len(previews), 4.4), squeeze=False)
+    for ax, (name, path) in zip(axes[0], previews.items()):
+        ax.imshow(imread(path), cmap="gray")
+        ax.set_title(name)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def write_report(out: Path, steps: dict[str, Any], gans: list[str], minutes: float) -> Path:
+    rows = result_rows(steps, gans)
+    write_csv(rows, COLUMNS, out / "comparison.csv")
+    vessel_sets = [v for v in ("intracranial", "all") if any(r["vessels"] == v for r in rows)]
+    gan_steps = {g: steps[f"gan/{g}"] for g in gans if f"gan/{g}" in steps}
+    lines = ["# GAN comparison (Kossen et al. 2021, Table 2 layout)", "",
+             f"Wall time {minutes:.1f} min. Mean ± SD over patients; 95HD in mm. `val`: whole volumes of the "
+             "validation patients; `test`: the test patients; the U-Net epoch was chosen on the fit-time "
+             "patch DSC of the validation patients.", ""]  # fmt: skip
+    for vessels in vessel_sets:
+        holds, values = ordering(rows, vessels)
+        order = " ≤ ".join(PAPER_ORDER)
+        verdict = "n/a" if holds is None else ("holds" if holds else "does not hold")
+        lines += [f"## {vessels} vessels", "", table2(rows, gans, vessels), "",
+                  f"Paper ordering on synthetic-only test DSC ({order}): **{verdict}** "
+                  f"({', '.join(f'{g} {values[g]:.3f}' for g in gans if values.get(g) is not None)}).", ""]  # fmt: skip
+    if vessel_sets:
+        plot_comparison(rows, vessel_sets[0], out / "comparison.png")
+        lines += ["![DSC per U-Net](comparison.png)", ""]
+    lines += ["## GAN checkpoints", "", markdown_table(
+        [{"GAN": g, "experiment": s["experiment"], "rule": s["rule"], "epoch": s["epoch"], "value": s["value"],
+          "synthetic store": s["store"]} for g, s in gan_steps.items()],
+        ["GAN", "experiment", "rule", "epoch", "value", "synthetic store"]), ""]  # fmt: skip
+    if plot_samples(gan_steps, out / "samples.png"):
+        lines += ["![synthetic pairs of each GAN](samples.png)", ""]
+    for g, s in gan_steps.items():
+        if Path(s["metrics_csv"]).is_file():
+            png = plot_curves(s["metrics_csv"], GAN_LOSSES, out / f"gan_losses_{g.lower()}.png", g)
+            lines += [f"![{g} losses]({png.name})", ""]
+    (out / "README.md").write_text("\n".join(lines))
+    print("\n".join(lines[:12]) + f"\n\nReport: {out}/README.md", flush=True)
+    return out
