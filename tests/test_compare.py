@@ -111,6 +111,7 @@ def test_tiny_comparison_end_to_end_resumes_and_shares_one_wandb_group(tmp_path,
     assert all(0.0 <= float(r["dsc_mean"]) <= 1.0 for r in rows)
     assert {(r["evaluated_on"], float(r["n_patients"])) for r in rows} == {("val", 1), ("test", 2), ("external", 2)}
     state = json.loads((out / "compare_state.json").read_text())["steps"]
+    assert len(state) == 3 + 7 and all(step["minutes"] > 0 for step in state.values())
     for gan in GANS:
         manifest = json.loads((Path(state[f"gan/{gan}"]["store"]) / "manifest.json").read_text())
         assert manifest["n_samples"] == 24 and manifest["source_checkpoint"] == str(Path(state[f"gan/{gan}"]["checkpoint"]).resolve())

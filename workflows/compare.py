@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from workflows.compare_report import slug, write_report
 from workflows.compose import CONFIGS, experiment_args
 from workflows.grid_search import Select, run_fit, run_test
 from workflows.runs import finish_wandb, run_fragments
@@ -34,10 +35,6 @@ GANS = {"DCGAN": "cpu_compare_dcgan.yaml", "WGAN-GP": "cpu_compare_wgan_gp.yaml"
         "WGAN-GP-SN": "cpu_compare_wgan_gp_sn.yaml"}  # fmt: skip
 PAPER_GANS = {"DCGAN": "kossen2021_dcgan.yaml", "WGAN-GP": "kossen2021_wgan_gp.yaml",
               "WGAN-GP-SN": "kossen2021_wgan_gp_sn.yaml"}  # fmt: skip
-
-
-def slug(name: str) -> str:
-    return name.lower().replace(" ", "_").replace("+", "_")
 
 
 class Ledger:
@@ -174,12 +171,10 @@ def compare(
         error_maps: write error maps of every tested patient.
         resume: skip the steps `compare_state.json` records as finished (False starts again).
     """
-    from workflows.compare_report import write_report
     from workflows.synthesize import synthesize
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     gan_select = gan_select or ("min:val/fid" if fid_extractor else "last")
     gan_args = [*(evaluation_fragment(out, fid_extractor) if fid_extractor else []), *(gan_args or [])]
     settings = {"unet": unet, "external": external, "n_synthetic": n_synthetic, "fid_extractor": fid_extractor,
@@ -197,21 +192,23 @@ def compare(
         step += 1
         print(f"[compare {step}/{total}] GAN {name} ({experiment})", flush=True)
         if ledger.get(f"gan/{name}") is None:
+            started = time.time()
             gan = fit_gan(name, experiment, out, [*seed_args, *gan_args], ctx["group"], gan_select)
             gan["store"] = str(synthesize(gan["checkpoint"], str(out / "synthetic" / slug(name)), n_samples=n_synthetic,
                                           seed=seed, overwrite=True))  # fmt: skip
-            ledger.record(f"gan/{name}", gan)
+            ledger.record(f"gan/{name}", {**gan, "minutes": (time.time() - started) / 60})
     for training, gan_name in unet_rows(list(gans)):
         step += 1
         run = f"unet-{slug(training)}" + (f"-{slug(gan_name)}" if gan_name else "")
         print(f"[compare {step}/{total}] U-Net on {training}" + (f" ({gan_name})" if gan_name else ""), flush=True)
         if ledger.get(f"unet/{run}") is not None:
             continue
+        started = time.time()
         store = ledger.get(f"gan/{gan_name}")["store"] if gan_name else None
         args = [*seed_args, *(unet_args or []), *unet_data_args(training, store)]
         fit = run_fit(unet, run, out, args, ctx["group"], select)
         summaries = evaluate_unet(ctx, run, training, fit.checkpoint, args)
         ledger.record(f"unet/{run}", {"training": training, "gan": gan_name, "epoch": fit.epoch, "val_dsc_patches": fit.score,
-                                      "checkpoint": str(fit.checkpoint), "summaries": summaries})  # fmt: skip
-    minutes = ledger.record("minutes", (ledger.get("minutes") or 0.0) + (time.time() - started) / 60)
-    return write_report(out, ledger.steps, list(gans), minutes)
+                                      "checkpoint": str(fit.checkpoint), "summaries": summaries,
+                                      "minutes": (time.time() - started) / 60})  # fmt: skip
+    return write_report(out, ledger.steps, list(gans))

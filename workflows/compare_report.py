@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +129,20 @@ def plot_samples(gan_steps: dict[str, dict[str, Any]], out_png: Path) -> Path | 
     return out_png
 
 
-def write_report(out: Path, steps: dict[str, Any], gans: list[str], minutes: float) -> Path:
+def slug(name: str) -> str:
+    """A file name for a row name: "real+synthetic" → "real_synthetic", "DCGAN (batch-mean FM)" → "dcgan_batch-mean_fm"."""
+    return re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_")
+
+
+def write_report(out: Path, steps: dict[str, Any], gans: list[str]) -> Path:
     rows = result_rows(steps, gans)
     write_csv(rows, COLUMNS, out / "comparison.csv")
     vessel_sets = [v for v in ("intracranial", "all") if any(r["vessels"] == v for r in rows)]
     gan_steps = {g: steps[f"gan/{g}"] for g in gans if f"gan/{g}" in steps}
+    unets = [v for k, v in steps.items() if k.startswith("unet/") and v["gan"] in (None, *gans)]
+    minutes = sum(s.get("minutes", 0.0) for s in [*gan_steps.values(), *unets])
     lines = ["# GAN comparison (Kossen et al. 2021, Table 2 layout)", "",
-             f"Wall time {minutes:.1f} min. Mean ± SD over patients; 95HD in mm. `val`: whole volumes of the "
+             f"Wall time of the steps shown: {minutes:.1f} min (GAN fit + synthesis, U-Net fit + tests). Mean ± SD over patients; 95HD in mm. `val`: whole volumes of the "
              "validation patients; `test`: the test patients; the U-Net epoch was chosen on the fit-time "
              "patch DSC of the validation patients.", ""]  # fmt: skip
     for vessels in vessel_sets:
@@ -149,13 +157,13 @@ def write_report(out: Path, steps: dict[str, Any], gans: list[str], minutes: flo
         lines += ["![DSC per U-Net](comparison.png)", ""]
     lines += ["## GAN checkpoints", "", markdown_table(
         [{"GAN": g, "experiment": s["experiment"], "rule": s["rule"], "epoch": s["epoch"], "value": s["value"],
-          "synthetic store": s["store"]} for g, s in gan_steps.items()],
-        ["GAN", "experiment", "rule", "epoch", "value", "synthetic store"]), ""]  # fmt: skip
+          "minutes": f"{s.get('minutes', float('nan')):.1f}", "synthetic store": s["store"]} for g, s in gan_steps.items()],
+        ["GAN", "experiment", "rule", "epoch", "value", "minutes", "synthetic store"]), ""]  # fmt: skip
     if plot_samples(gan_steps, out / "samples.png"):
         lines += ["![synthetic pairs of each GAN](samples.png)", ""]
     for g, s in gan_steps.items():
         if Path(s["metrics_csv"]).is_file():
-            png = plot_curves(s["metrics_csv"], GAN_LOSSES, out / f"gan_losses_{g.lower()}.png", g)
+            png = plot_curves(s["metrics_csv"], GAN_LOSSES, out / f"gan_losses_{slug(g)}.png", g)
             lines += [f"![{g} losses]({png.name})", ""]
     (out / "README.md").write_text("\n".join(lines))
     print("\n".join(lines[:12]) + f"\n\nReport: {out}/README.md", flush=True)
