@@ -2,8 +2,7 @@
 
 Every GAN is fitted on the same cohort with the same seed, one checkpoint per GAN is chosen by a documented
 rule (`gan_select`, `workflows.select_checkpoint`: the epoch of lowest validation FID when `fid_extractor` is
-given, else the last epoch),
-and `n_synthetic` pairs are synthesised from it. Then one U-Net experiment is fitted, with the same seed and
+given, else the last epoch), and `n_synthetic` pairs are synthesised from it. Then one U-Net experiment is fitted, with the same seed and
 settings, on: the real training patches; each GAN's synthetic pairs only ("anonymisation"); real + each GAN's
 pairs ("augmentation"). Each U-Net's epoch is chosen on the fit-time `val/dsc` (`select`, as in
 `workflows.grid_search`), and that checkpoint is tested on the whole volumes of the validation patients
@@ -33,8 +32,6 @@ from workflows.runs import finish_wandb, run_fragments
 
 GANS = {"DCGAN": "cpu_compare_dcgan.yaml", "WGAN-GP": "cpu_compare_wgan_gp.yaml",
         "WGAN-GP-SN": "cpu_compare_wgan_gp_sn.yaml"}  # fmt: skip
-PAPER_GANS = {"DCGAN": "kossen2021_dcgan.yaml", "WGAN-GP": "kossen2021_wgan_gp.yaml",
-              "WGAN-GP-SN": "kossen2021_wgan_gp_sn.yaml"}  # fmt: skip
 
 
 class Ledger:
@@ -163,7 +160,7 @@ def compare(
             "min:val/fid" with `fid_extractor` (the epoch of lowest validation FID), else "last".
         select: "best" or "last" epoch of each U-Net (workflows.grid_search).
         seed: `--seed_everything` of every run and the synthesis noise seed.
-        gan_args: more CLI arguments for every GAN fit (e.g. `--config configs/callbacks/gan_evaluation.yaml`).
+        gan_args: more CLI arguments for every GAN fit (e.g. `--trainer.max_epochs 100`).
         unet_args: more CLI arguments for every U-Net fit and test on the first cohort.
         external_args: more CLI arguments for the external tests.
         group: W&B group of every run (default "compare-" + the out_dir name).
@@ -178,9 +175,8 @@ def compare(
     gan_select = gan_select or ("min:val/fid" if fid_extractor else "last")
     gan_args = [*(evaluation_fragment(out, fid_extractor) if fid_extractor else []), *(gan_args or [])]
     settings = {"unet": unet, "external": external, "n_synthetic": n_synthetic, "fid_extractor": fid_extractor,
-                "gan_select": gan_select,
-                "select": select, "seed": seed, "gan_args": gan_args, "unet_args": unet_args or [],
-                "external_args": external_args or []}  # fmt: skip
+                "gan_select": gan_select, "select": select, "seed": seed, "gan_args": gan_args,
+                "unet_args": unet_args or [], "external_args": external_args or []}  # fmt: skip
     ledger = Ledger(out, settings, resume)
     for name, experiment in gans.items():
         ledger.check_gan(name, experiment)

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.image import imread  # noqa: E402
 
-from workflows.report import markdown_table, plot_curves, write_csv  # noqa: E402
+from workflows.report import markdown_table, mean_sd, plot_curves, write_csv  # noqa: E402
 
 SECTIONS = {"real": "U-Net on real data", "real+synthetic": "Augmentation (real + synthetic)",
             "synthetic": "Anonymisation (synthetic only)"}  # fmt: skip
@@ -22,16 +22,21 @@ COLUMNS = ["training", "gan", "evaluated_on", "vessels", *[f"{m}_{s}" for m in M
            "n_patients", "epoch", "val_dsc_patches", "checkpoint"]  # fmt: skip
 GAN_LOSSES = ["train/critic_loss", "train/discriminator_loss", "train/generator_loss", "train/wasserstein",
               "train/gradient_penalty"]  # fmt: skip
-
-
 PAPER_ORDER = ("DCGAN", "WGAN-GP", "WGAN-GP-SN")  # synthetic-only DSC, ascending, in Kossen et al. 2021
 
 
+RowKey = tuple[str, str, str, str]  # (training, gan, evaluated_on, vessels)
+
+
+def shown_unets(steps: dict[str, Any], gans: list[str]) -> list[dict[str, Any]]:
+    """The U-Nets of the real data and of the GANs in `gans` (a resumed folder may hold others)."""
+    return [v for k, v in steps.items() if k.startswith("unet/") and v["gan"] in (None, *gans)]
+
+
 def result_rows(steps: dict[str, Any], gans: list[str]) -> list[dict[str, Any]]:
-    """One row per U-Net × evaluated set (val, test, external) × vessel set (all, intracranial), for the real
-    data and the GANs in `gans` (a resumed folder may hold others)."""
+    """One row per U-Net × evaluated set (val, test, external) × vessel set (all, intracranial)."""
     rows = []
-    for unet in (v for k, v in steps.items() if k.startswith("unet/") and v["gan"] in (None, *gans)):
+    for unet in shown_unets(steps, gans):
         for split, summary in unet["summaries"].items():
             for vessels, res in summary["results"].items():
                 rows.append({"training": unet["training"], "gan": unet["gan"] or "", "evaluated_on": split,
@@ -41,27 +46,25 @@ def result_rows(steps: dict[str, Any], gans: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(rows: list[dict[str, Any]], training: str, gan: str, split: str, vessels: str, metric: str) -> str:
-    for r in rows:
-        if (r["training"], r["gan"], r["evaluated_on"], r["vessels"]) == (training, gan, split, vessels):
-            mean, sd = r[f"{metric}_mean"], r[f"{metric}_std"]
-            if mean is None:
-                return "n/a"
-            digits = 3 if metric == "dsc" else 2
-            return f"{mean:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{mean:.{digits}f}"
-    return "–"
+def index_rows(rows: list[dict[str, Any]]) -> dict[RowKey, dict[str, Any]]:
+    return {(r["training"], r["gan"], r["evaluated_on"], r["vessels"]): r for r in rows}
+
+
+def _cell(by_key: dict[RowKey, dict[str, Any]], key: RowKey, metric: str) -> str:
+    row = by_key.get(key)
+    return "–" if row is None else mean_sd(row, metric, 3 if metric == "dsc" else 2)
 
 
 def table2(rows: list[dict[str, Any]], gans: list[str], vessels: str) -> str:
     """Table 2's layout: val/test DSC and 95HD per model, section rows in italics, external rows when tested."""
     columns = ["model", "val DSC", "test DSC", "val 95HD (mm)", "test 95HD (mm)"]
     lines: list[dict[str, str]] = []
+    by_key = index_rows(rows)
 
     def add(model: str, training: str, gan: str, val: str = "val", test: str = "test") -> None:
-        lines.append({"model": model, "val DSC": _cell(rows, training, gan, val, vessels, "dsc"),
-                      "test DSC": _cell(rows, training, gan, test, vessels, "dsc"),
-                      "val 95HD (mm)": _cell(rows, training, gan, val, vessels, "hd95"),
-                      "test 95HD (mm)": _cell(rows, training, gan, test, vessels, "hd95")})  # fmt: skip
+        v, t = (training, gan, val, vessels), (training, gan, test, vessels)
+        lines.append({"model": model, "val DSC": _cell(by_key, v, "dsc"), "test DSC": _cell(by_key, t, "dsc"),
+                      "val 95HD (mm)": _cell(by_key, v, "hd95"), "test 95HD (mm)": _cell(by_key, t, "hd95")})
 
     add(f"**{SECTIONS['real']}**", "real", "")
     for training in ("real+synthetic", "synthetic"):
@@ -92,14 +95,14 @@ def plot_comparison(rows: list[dict[str, Any]], vessels: str, out_png: Path) -> 
     models = list(dict.fromkeys((r["training"], r["gan"]) for r in rows))
     splits = [s for s in ("val", "test", "external") if any(r["evaluated_on"] == s for r in rows)]
     fig, ax = plt.subplots(figsize=(1.2 * len(models) + 2, 3.8))
-    width = 0.8 / max(len(splits), 1)
+    width, by_key = 0.8 / max(len(splits), 1), index_rows(rows)
     for k, split in enumerate(splits):
         label: str | None = split  # once per evaluated set
         for i, (training, gan) in enumerate(models):
-            match = [r for r in rows if (r["training"], r["gan"], r["evaluated_on"], r["vessels"]) == (training, gan, split, vessels)]
-            if match and match[0]["dsc_mean"] is not None:
-                ax.bar(i + (k - (len(splits) - 1) / 2) * width, match[0]["dsc_mean"], width,
-                       yerr=match[0]["dsc_std"] or 0.0, color=f"C{k}", capsize=2, label=label)
+            row = by_key.get((training, gan, split, vessels))
+            if row and row["dsc_mean"] is not None:
+                ax.bar(i + (k - (len(splits) - 1) / 2) * width, row["dsc_mean"], width,
+                       yerr=row["dsc_std"] or 0.0, color=f"C{k}", capsize=2, label=label)
                 label = None
     ax.set_xticks(range(len(models)), [f"{t}\n{g}" if g else t for t, g in models], fontsize=7)
     ax.set_ylabel(f"DSC ({vessels} vessels)")
@@ -139,11 +142,10 @@ def write_report(out: Path, steps: dict[str, Any], gans: list[str]) -> Path:
     write_csv(rows, COLUMNS, out / "comparison.csv")
     vessel_sets = [v for v in ("intracranial", "all") if any(r["vessels"] == v for r in rows)]
     gan_steps = {g: steps[f"gan/{g}"] for g in gans if f"gan/{g}" in steps}
-    unets = [v for k, v in steps.items() if k.startswith("unet/") and v["gan"] in (None, *gans)]
-    minutes = sum(s.get("minutes", 0.0) for s in [*gan_steps.values(), *unets])
+    minutes = sum(s.get("minutes", 0.0) for s in [*gan_steps.values(), *shown_unets(steps, gans)])
     lines = ["# GAN comparison (Kossen et al. 2021, Table 2 layout)", "",
-             f"Wall time of the steps shown: {minutes:.1f} min (GAN fit + synthesis, U-Net fit + tests). Mean ± SD over patients; 95HD in mm. `val`: whole volumes of the "
-             "validation patients; `test`: the test patients; the U-Net epoch was chosen on the fit-time "
+             f"Wall time of the steps shown: {minutes:.1f} min (GAN fit + synthesis, U-Net fit + tests). "
+             "Mean ± SD over patients; 95HD in mm. `val`: whole volumes of the validation patients; `test`: the test patients; the U-Net epoch was chosen on the fit-time "
              "patch DSC of the validation patients.", ""]  # fmt: skip
     for vessels in vessel_sets:
         holds, values = ordering(rows, vessels)

@@ -50,6 +50,8 @@ def mean_sd(summary: dict[str, Any], metric: str, digits: int = 3) -> str:
     mean, sd = summary.get(f"{metric}_mean"), summary.get(f"{metric}_std")
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
+    if sd is None:  # a single defined patient has no SD
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from datamodules.splits import THOUSANDPLUS_TRAIN_SUBSETS  # noqa: E402
 from workflows.grid_search import Select, run_fit, run_test  # noqa: E402
-from workflows.report import markdown_table, write_csv  # noqa: E402
+from workflows.report import markdown_table, mean_sd, write_csv  # noqa: E402
 
 INITS = ("scratch", "pretrained")
 COLOURS = {"scratch": "tab:green", "pretrained": "tab:blue"}
@@ -74,23 +74,17 @@ def plot_transfer(rows: list[dict[str, Any]], out_png: Path, reference: dict[str
     return out_png
 
 
-def _fmt(mean: Any, sd: Any) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.3f} ± {sd:.3f}" if sd is not None else f"{mean:.3f}"
-
-
 def write_report(out: Path, rows: list[dict[str, Any]], reference: dict[str, float] | None, pretrained: str,
                  experiment: str) -> Path:
     write_csv(rows, COLUMNS, out / "transfer.csv")
     plot_transfer(rows, out / "transfer.png", reference, f"{Path(experiment).stem}: scratch vs pre-trained")
     table = markdown_table([{"n": r["n_train"], "init": r["init"], "val DSC": f"{r['val_dsc']:.3f}",
-                             "test DSC": _fmt(r["dsc_mean"], r["dsc_std"]),
-                             "test 95HD (mm)": _fmt(r["hd95_mean"], r["hd95_std"]),
-                             "test bAVD (mm)": _fmt(r["bavd_mean"], r["bavd_std"])} for r in rows],
+                             "test DSC": mean_sd(r, "dsc"),
+                             "test 95HD (mm)": mean_sd(r, "hd95"),
+                             "test bAVD (mm)": mean_sd(r, "bavd")} for r in rows],
                            ["n", "init", "val DSC", "test DSC", "test 95HD (mm)", "test bAVD (mm)"])  # fmt: skip
-    ref = (f"Reference (real-data U-Net of the first cohort): DSC {_fmt(reference.get('dsc_mean'), reference.get('dsc_std'))}"
-           f", 95HD {_fmt(reference.get('hd95_mean'), reference.get('hd95_std'))} mm." if reference else "")
+    ref = (f"Reference (real-data U-Net of the first cohort): DSC {mean_sd(reference, 'dsc')}"
+           f", 95HD {mean_sd(reference, 'hd95')} mm." if reference else "")
     lines = ["# Transfer learning across cohorts", "", f"Experiment `{experiment}`; pre-trained U-Net `{pretrained}`.",
              "Mean ± SD over test patients; the epoch of each run chosen on validation DSC.", "", table, "", ref, "",
              "![transfer](transfer.png)", "",
