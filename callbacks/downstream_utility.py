@@ -119,7 +119,7 @@ class DownstreamUtilityCallback(Callback):
     def _fit_and_validate(self, images: torch.Tensor, labels: torch.Tensor,
                           val_batches: Iterable[dict[str, torch.Tensor]], device: torch.device) -> float:
         torch.manual_seed(self.seed)  # inside fork_rng: the U-Net's init and dropout only
-        net = HalfUNet2D(features=self.unet_features, dropout=0.0).to(device)
+        net = HalfUNet2D(spatial_dims=images.ndim - 2, features=self.unet_features, dropout=0.0).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         loss_fn = DiceLoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0, batch=True)
         batches = self._train_batches(images, labels, torch.Generator().manual_seed(self.seed))

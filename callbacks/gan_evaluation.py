@@ -39,6 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from callbacks.gan_evaluation_scores import (EvalConfig, PatchReservoir, RealReference, Timer, gather_patches,
                                              score_synthetic, validation_figures)
 from callbacks.run_manifest import run_dir
+from lightning_modules.checkpoints import load_checkpoint_dict
 from networks.feature_extractors import FeatureExtractor, sha256_file
 from workflows.evaluate_gan import jsonable, test_report, write_report
 
@@ -230,7 +231,7 @@ class GANEvaluationCallback(Callback):
     def _test_meta(self, trainer: Trainer, pl_module: LightningModule, n_syn: int, n_train: int, n_held: int) -> dict:
         ckpt = trainer.ckpt_path if trainer.ckpt_path and Path(trainer.ckpt_path).is_file() else None
         # epoch/step as stored: the trainer's own counters restart at 0 under `test`
-        stored = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False) if ckpt else {}
+        stored = load_checkpoint_dict(ckpt, "GAN checkpoint", mmap=True) if ckpt else {}
         return {"checkpoint": str(ckpt) if ckpt else None, "checkpoint_sha256": sha256_file(ckpt) if ckpt else None,
                 "gan_class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
                 "epoch": stored.get("epoch"), "global_step": stored.get("global_step"),

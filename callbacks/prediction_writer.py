@@ -28,16 +28,22 @@ class NiftiPredictionWriter(BasePredictionWriter):
     {"prob": (B,1,X,Y,Z), "pred": (B,1,X,Y,Z), "patient_id": [str], "affine": (B,4,4)}.
 
     Args:
-        out_dir: target folder (created).
+        out_dir: target folder (created); None → `<test report folder>/predictions`, i.e. beside the module's
+            per-patient CSV (its `report_dir`, else the trainer's log dir), so each run keeps its own predictions.
         write_prob: also write the probability map (large: float32 per voxel).
         on_test: write during `trainer.test` too, not only `trainer.predict`.
     """
 
-    def __init__(self, out_dir: str, write_prob: bool = True, on_test: bool = True) -> None:
+    def __init__(self, out_dir: str | None = None, write_prob: bool = True, on_test: bool = True) -> None:
         super().__init__(write_interval="batch")
-        self.out_dir = Path(out_dir)
+        self.out_dir: Path | None = Path(out_dir) if out_dir is not None else None
         self.write_prob = write_prob
         self.on_test = on_test
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.out_dir is None:
+            base = getattr(pl_module, "report_dir", None) or trainer.log_dir or trainer.default_root_dir
+            self.out_dir = Path(base) / "predictions"
 
     def _save(self, array: np.ndarray, affine: np.ndarray, path: Path, rank: int) -> None:
         tmp = path.with_name(f".{path.name[:-len('.nii.gz')]}.rank{rank}.nii.gz")
@@ -49,6 +55,8 @@ class NiftiPredictionWriter(BasePredictionWriter):
     def write_outputs(self, outputs: dict[str, Any], rank: int = 0, threshold: float = 0.5) -> list[Path]:
         if not isinstance(outputs, dict) or "patient_id" not in outputs or "affine" not in outputs:
             raise ValueError("NiftiPredictionWriter: step outputs must be a dict with prob/pred, patient_id, affine")
+        if self.out_dir is None:
+            raise RuntimeError("NiftiPredictionWriter: out_dir is unset (it is resolved in setup, or pass out_dir)")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         prob = _np(outputs["prob"]) if "prob" in outputs else None
         pred = _np(outputs["pred"]) if "pred" in outputs else (prob >= threshold)

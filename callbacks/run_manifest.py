@@ -64,6 +64,9 @@ class RunManifest(Callback):
     LightningCLI already saves the merged `config.yaml` beside it; this adds what the config alone does
     not pin down. Models may expose `privacy_report() -> dict` (DP-GANs) and data modules
     `data_manifest() -> dict` (patch stores' settings and source hashes); both are recorded when present.
+    The LightningModule and any callback may also expose `manifest_extras() -> dict`, whose keys are merged
+    into the record (e.g. privacy accounting, or the settings changes a resumed run was allowed); a module
+    with extras is recorded again at the end of fit, when they are final.
     """
 
     def __init__(self, filename: str = "run_manifest.json") -> None:
@@ -89,6 +92,10 @@ class RunManifest(Callback):
             record["data_manifest_sha256"] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
         if hasattr(pl_module, "privacy_report"):
             record["privacy"] = pl_module.privacy_report()
+        for source in (*trainer.callbacks, pl_module):
+            extras = getattr(source, "manifest_extras", None)
+            if callable(extras):
+                record.update(extras())
         return record
 
     def write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -110,7 +117,7 @@ class RunManifest(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Privacy spent is only known at the end of training.
-        if hasattr(pl_module, "privacy_report"):
+        if hasattr(pl_module, "privacy_report") or callable(getattr(pl_module, "manifest_extras", None)):
             self.write(trainer, pl_module, "fit")
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -77,8 +77,17 @@ class AugmentedDataset(Dataset):
             self.transform.set_random_state(seed=int(state[0]))
             self._worker_key = key
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        self._reseed_in_worker()
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """`key`: an index, or (epoch, index) from `datamodules.sampling.EpochShuffleSampler(keyed=True)`; then
+        the augmentation is drawn from (seed, epoch, index) alone, so a resumed run (even mid-epoch, with any
+        number of workers) augments every patch as the uninterrupted run did."""
+        if isinstance(key, tuple):
+            epoch, index = key
+            state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)
+            self.transform.set_random_state(seed=int(state[0]))
+        else:
+            index = key
+            self._reseed_in_worker()
         item = dict(self.base[index])
         label = item["label"]
         out = self.transform({k: item[k] for k in KEYS})

@@ -4,13 +4,17 @@ patch dataset with per-patch normalisation, and per-device batch size.
 `batch_size` is the GLOBAL batch size (as the papers state it); each DDP process loads
 batch_size // world_size, and a batch size not divisible by the world size is refused rather than
 silently changing the effective batch.
+
+Preprocessing (`target_spacing`, `skull_strip`; `datamodules.preprocess`) is attached to every patient record, so
+the patch cache, validation and the test volumes all see the same resampled / skull-stripped volumes, and it is
+part of the patch settings, hence of the cache key and the run manifest.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,9 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.cohort import CohortError, PatientRecord, discover_cohort, has_cohort_files
+from datamodules.cohort import CohortError, PatientRecord, discover_cohort
+from datamodules.cohort_checks import listed_patient_ids, needs_simulation, validate_patients
 from datamodules.patch_store import PatchStore, build_patch_store
 from datamodules.patches import PatchSettings
+from datamodules.preprocess import PreparedPatchSettings, VolumePrep
 from datamodules.splits import split_patients
 
 log = logging.getLogger(__name__)
@@ -31,7 +37,8 @@ Normalization = Literal["minmax", "zscore", "none"]
 
 @dataclass
 class SimulationSpec:
-    """How to simulate the cohort when cohort_dir holds none (arguments of simulation.cohort.simulate_cohort)."""
+    """How to simulate the cohort when cohort_dir is the default simulated cohort and holds none (arguments of
+    simulation.cohort.simulate_cohort; where it may simulate: `datamodules.cohort_checks`)."""
 
     profile: str = "pegasus"
     n_patients: int = 66
@@ -54,25 +61,6 @@ def normalize_patch(x: np.ndarray, mode: Normalization) -> np.ndarray:
         sd = float(x.std())
         return (x - np.float32(x.mean())) / np.float32(sd if sd > 0 else 1.0)
     raise ValueError(f"unknown normalization {mode!r}; expected 'minmax', 'zscore' or 'none'")
-
-
-def simulated_patient_ids(root: Path) -> list[str] | None:
-    """Patient ids listed in a finished simulated cohort's cohort.json, or None."""
-    path = root / "cohort.json"
-    if not path.is_file():
-        return None
-    ids = json.loads(path.read_text()).get("patient_ids")
-    return list(ids) if isinstance(ids, list) else None
-
-
-def simulated_cohort_matches(root: Path, spec: SimulationSpec) -> bool:
-    """True if root holds a finished simulated cohort made with `spec` (cohort.json is written last)."""
-    path = root / "cohort.json"
-    if not path.is_file():
-        return False
-    made = json.loads(path.read_text())
-    want = {"profile": spec.profile, "n_patients": spec.n_patients, "seed": spec.seed, "scale": float(spec.scale)}
-    return all(made.get(k) == v for k, v in want.items())
 
 
 class PatchDataset(Dataset):
@@ -124,6 +112,8 @@ class CohortDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        target_spacing: Sequence[float] | None = None,
+        skull_strip: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(simulate, dict):
@@ -135,41 +125,54 @@ class CohortDataModule(L.LightningDataModule):
         self.n_train, self.n_val, self.n_test, self.split_seed = n_train, n_val, n_test, split_seed
         self.cache_dir = Path(cache_dir)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.prep = VolumePrep.from_args(target_spacing, skull_strip)  # None: native grid, unstripped
         self.records: list[PatientRecord] = []
         self.splits: dict[str, list[str]] = {}
         self.store: PatchStore | None = None
 
+    def make_patch_settings(self, patch_size: Sequence[int], n_vessel: int, n_random: int, grid: Sequence[int],
+                            seed: int) -> PatchSettings:
+        """Patch settings including this DataModule's preprocessing (it changes the patches: part of the key)."""
+        prep = self.prep or VolumePrep()
+        return PreparedPatchSettings(tuple(patch_size), n_vessel, n_random, tuple(grid), seed,  # type: ignore[arg-type]
+                                     target_spacing=prep.target_spacing, skull_strip=prep.skull_strip)
+
     # ------------------------------------------------------------------ cohort, splits, cache
     def ensure_cohort(self) -> None:
-        """Simulate the cohort if `simulate` is set and cohort_dir holds none (or an unfinished simulated one)."""
-        if self.simulate is None:
-            if not has_cohort_files(self.cohort_dir):
-                raise CohortError(f"{self.cohort_dir}: no cohort found (expected cohort.csv or "
-                                  f"<patient_id>/image.nii.gz folders); point cohort_dir at a cohort or set `simulate`")
+        """Simulate the cohort if `simulate` is set and cohort_dir is the default simulated cohort, absent or
+        unfinished (rule: `datamodules.cohort_checks`); otherwise cohort_dir must hold a usable cohort."""
+        if not needs_simulation(self.cohort_dir, self.simulate):
             return
-        if simulated_cohort_matches(self.cohort_dir, self.simulate):
-            return
-        if has_cohort_files(self.cohort_dir) and not (self.cohort_dir / "cohort.json").is_file():
-            prefix = f"{self.simulate.profile}-sim-"
-            if (self.cohort_dir / "cohort.csv").is_file() or not all(
-                    r.patient_id.startswith(prefix) for r in discover_cohort(self.cohort_dir)):
-                raise CohortError(f"{self.cohort_dir}: holds a cohort that the simulator did not make (no cohort.json); "
-                                  "set `simulate: null` to use it, or point cohort_dir at an empty folder")
         from simulation.cohort import simulate_cohort  # lazy: the data layer must not need the simulator
 
+        assert self.simulate is not None
         log.info("simulating cohort %s into %s", self.simulate, self.cohort_dir)
-        # Resumes an interrupted simulation; refuses (clearly) a cohort.json made with other settings.
         simulate_cohort(str(self.cohort_dir), profile=self.simulate.profile, n_patients=self.simulate.n_patients,
                         seed=self.simulate.seed, scale=self.simulate.scale, overwrite=False, progress=True)
 
     def _load_cohort(self) -> None:
         records = discover_cohort(self.cohort_dir)
-        listed = simulated_patient_ids(self.cohort_dir) if self.simulate is not None else None
+        listed = listed_patient_ids(self.cohort_dir) if self.simulate is not None else None
         if listed is not None:  # a simulated cohort lists its patients: ignore extra folders
             records = [r for r in records if r.patient_id in set(listed)]
+        if self.prep is not None:
+            records = [replace(r, prep=self.prep) for r in records]
         self.records = records
         self.splits = split_patients([r.patient_id for r in self.records], self.n_train, self.n_val,
                                      self.n_test, self.split_seed)
+        if self.prep is not None and self.prep.skull_strip:
+            used = {pid for split in self.splits.values() for pid in split}
+            for r in self.records:
+                if r.patient_id in used and r.brain_mask is None:
+                    raise CohortError(f"{r.image}: skull_strip needs a brain mask, and patient {r.patient_id!r} has "
+                                      "none (add brain_mask.nii.gz / the cohort.csv column, or set skull_strip false)")
+
+    def _validate_unpatched(self) -> None:
+        """Validate the split patients the patch cache does not cover (test patients, unused train patients)
+        before any training: patients in the cache were validated when it was extracted."""
+        patched = set(self.patch_patients()) if self.patch_settings is not None else set()
+        ids = {pid for split in self.splits.values() for pid in split} - patched
+        validate_patients([r for r in self.records if r.patient_id in ids], self.cache_dir, self.patch_settings)
 
     def records_of(self, split: str) -> list[PatientRecord]:
         ids = set(self.splits[split])
@@ -189,12 +192,14 @@ class CohortDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         self.ensure_cohort()
         self._load_cohort()
+        self._validate_unpatched()
         self._build_store()
 
     def setup(self, stage: str | None = None) -> None:
         if not self.records:
             self.ensure_cohort()
             self._load_cohort()
+            self._validate_unpatched()  # cache hits after prepare_data (e.g. on other DDP ranks)
         if stage in (None, "fit", "validate") and self.store is None:
             self.store = self._build_store()  # a cache hit after prepare_data; builds if it was skipped
 
@@ -220,6 +225,19 @@ class CohortDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
                           **kwargs)
 
+    def cohort_spacing(self) -> tuple[float, float, float] | None:
+        """Voxel size (mm) the nets train at: `target_spacing` if set, else the median native spacing of the
+        patients in the patch cache. None before setup."""
+        if self.prep is not None and self.prep.target_spacing is not None:
+            return self.prep.target_spacing
+        if self.store is None:
+            return None
+        spacings = [p.get("spacing") for p in self.store.manifest.get("patients", {}).values() if p.get("spacing")]
+        if not spacings:
+            return None
+        median = np.median(np.asarray(spacings, np.float64), axis=0)
+        return tuple(round(float(v), 6) for v in median)  # type: ignore[return-value]  # NIfTI zooms are float32
+
     def data_manifest(self) -> dict:
         """What a run trained on, for `callbacks.run_manifest.RunManifest`: cohort, split, patch store.
 
@@ -232,6 +250,8 @@ class CohortDataModule(L.LightningDataModule):
             "simulate": asdict(self.simulate) if self.simulate else None,
             "splits": self.splits,
             "patch_settings": self.patch_settings.to_dict() if self.patch_settings is not None else None,
+            "preprocessing": (self.prep or VolumePrep()).to_dict(),
+            "spacing": list(sp) if (sp := self.cohort_spacing()) is not None else None,
             "patch_store_key": store.get("key"),
             "sources": {pid: entry.get("sources") for pid, entry in store.get("patients", {}).items()}
             if isinstance(store.get("patients"), dict) else None,

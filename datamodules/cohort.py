@@ -9,9 +9,13 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:
+    from datamodules.preprocess import VolumePrep
 
 #: Affines of image, label and brain mask must agree to this absolute tolerance (mm); header round-off of
 #: float32 qform/sform stays far below it, a real misregistration or flip does not.
@@ -30,10 +34,14 @@ class CohortError(ValueError):
 
 @dataclass(frozen=True)
 class PatientRecord:
+    """A patient's files; `prep` (set by the DataModule, not part of the files) is the resampling / skull
+    stripping `load_patient` applies (`datamodules.preprocess`)."""
+
     patient_id: str
     image: Path
     label: Path
     brain_mask: Path | None = None
+    prep: VolumePrep | None = None
 
     def files(self) -> dict[str, Path]:
         out = {"image": self.image, "label": self.label}
@@ -71,8 +79,10 @@ def has_cohort_files(root: str | Path) -> bool:
 
 
 def _read_manifest(csv_path: Path) -> list[PatientRecord]:
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
+    # utf-8-sig drops the byte-order mark Excel writes; skipinitialspace + strip accept "a, b, c" headers/rows.
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, skipinitialspace=True)
+        reader.fieldnames = [name.strip() for name in (reader.fieldnames or [])]
         missing = [c for c in MANIFEST_COLUMNS[:3] if c not in (reader.fieldnames or [])]
         if missing:
             raise CohortError(f"{csv_path}: manifest lacks column(s) {missing}; expected {list(MANIFEST_COLUMNS)}")
@@ -143,6 +153,18 @@ def _load_nifti(path: Path, kind: str) -> nib.spatialimages.SpatialImage:
     return img
 
 
+def _voxels(img: nib.spatialimages.SpatialImage, path: Path, kind: str) -> np.ndarray:
+    """Read the voxels: nib.load reads only the header, so a truncated or corrupt .nii.gz fails here
+    (EOFError, zlib.error, ...), and the error must still name the file."""
+    try:
+        if kind == "image":
+            return np.asarray(img.get_fdata(dtype=np.float32))
+        return np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise CohortError(f"{path}: cannot read the {kind} voxels (truncated or corrupt file? "
+                          f"{type(exc).__name__}: {exc})") from exc
+
+
 def _check_same_grid(ref: nib.spatialimages.SpatialImage, other: nib.spatialimages.SpatialImage,
                      ref_path: Path, path: Path, kind: str) -> None:
     if tuple(other.shape) != tuple(ref.shape):
@@ -154,7 +176,7 @@ def _check_same_grid(ref: nib.spatialimages.SpatialImage, other: nib.spatialimag
 
 
 def _binary(img: nib.spatialimages.SpatialImage, path: Path, kind: str) -> np.ndarray:
-    data = np.asanyarray(img.dataobj)
+    data = _voxels(img, path, kind)
     bad = (data != 0) & (data != 1)
     if bad.any():
         values = np.unique(data[bad])[:5].tolist()
@@ -163,10 +185,14 @@ def _binary(img: nib.spatialimages.SpatialImage, path: Path, kind: str) -> np.nd
     return data.astype(np.uint8)
 
 
-def load_patient(record: PatientRecord) -> PatientVolume:
-    """Load and validate one patient; image as float32, label as uint8 {0,1}, brain mask as bool."""
+def load_patient(record: PatientRecord, prepared: bool = True) -> PatientVolume:
+    """Load and validate one patient; image as float32, label as uint8 {0,1}, brain mask as bool.
+
+    With `prepared` (default) the record's `prep` is applied (resampled to its target spacing, skull-stripped);
+    `prepared=False` gives the native volume, e.g. to map predictions back onto it.
+    """
     img = _load_nifti(record.image, "image")
-    image = np.asarray(img.get_fdata(dtype=np.float32))
+    image = _voxels(img, record.image, "image")
     if not np.isfinite(image).all():
         n_bad = int((~np.isfinite(image)).sum())
         raise CohortError(f"{record.image}: image has {n_bad} NaN/Inf voxel(s)")
@@ -186,5 +212,10 @@ def load_patient(record: PatientRecord) -> PatientVolume:
             raise CohortError(f"{record.brain_mask}: brain mask is empty")
 
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return PatientVolume(record.patient_id, image, label, mask, np.asarray(img.affine, dtype=np.float64),
-                         spacing, str(record.image))  # type: ignore[arg-type]
+    vol = PatientVolume(record.patient_id, image, label, mask, np.asarray(img.affine, dtype=np.float64),
+                        spacing, str(record.image))  # type: ignore[arg-type]
+    if prepared and record.prep is not None:
+        from datamodules.preprocess import prepare_volume  # lazy: preprocess imports this module
+
+        vol = prepare_volume(vol, record.prep)
+    return vol

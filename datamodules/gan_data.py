@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import CohortDataModule, Normalization, PatchDataset, SimulationSpec
 from datamodules.patch_store import PatchStore, build_patch_store
-from datamodules.patches import PatchSettings
+from datamodules.sampling import ResumableLoader, epoch_shuffle_sampler
 
 #: dataloader_idx of the test loaders (GANEvaluationCallback reads them by these indices).
 TEST_TRAIN_IDX, TEST_HELDOUT_IDX = 0, 1
@@ -21,7 +21,8 @@ TEST_TRAIN_IDX, TEST_HELDOUT_IDX = 0, 1
 class GANPatchDataModule(CohortDataModule):
     """2D (patch_size of 2 entries; SPEC: 96×96, 500 vessel + 500 random per patient) or 3D (3 entries;
     SPEC: 128×128×64, `grid` [3,3,2] systematic patches + n_vessel=32, n_random=0). `grid` is ignored in 2D.
-    The label stays {0,1}: the GAN module applies its own label encoding."""
+    The label stays {0,1}: the GAN module applies its own label encoding. `target_spacing` / `skull_strip`:
+    volume preprocessing before patches are cut (`datamodules.preprocess`); the 2D paper's protocol strips."""
 
     def __init__(
         self,
@@ -40,10 +41,12 @@ class GANPatchDataModule(CohortDataModule):
         n_random: int = 500,
         grid: list[int] = [3, 3, 2],  # noqa: B006
         normalization: Normalization = "minmax",
+        target_spacing: list[float] | None = None,
+        skull_strip: bool = False,
     ) -> None:
         super().__init__(cohort_dir, simulate, n_train, n_val, n_test, split_seed, cache_dir, batch_size,
-                         num_workers, seed)
-        self.patch_settings = PatchSettings(tuple(patch_size), n_vessel, n_random, tuple(grid), seed)  # type: ignore[arg-type]
+                         num_workers, seed, target_spacing, skull_strip)
+        self.patch_settings = self.make_patch_settings(patch_size, n_vessel, n_random, grid, seed)
         self.normalization: Normalization = normalization
         self.train_set: PatchDataset | None = None
         self.val_set: PatchDataset | None = None
@@ -80,13 +83,16 @@ class GANPatchDataModule(CohortDataModule):
                                         self.normalization)
 
     def train_sampling_kwargs(self) -> dict:
-        """How train batches are drawn. Uniform shuffling with full batches here; the DP issue overrides
-        this (Poisson sampling, `sampling: Literal["shuffle","poisson"]`) without touching the rest."""
-        return {"shuffle": True, "drop_last": True}
+        """How train batches are drawn. Here a shuffle seeded by (seed, epoch), sharded over DDP ranks, with
+        full batches (`datamodules.sampling`: a resumed run repeats the order); the DP issue overrides this
+        (Poisson sampling, `sampling: Literal["shuffle","poisson"]`) without touching the rest."""
+        assert self.train_set is not None, "call setup('fit') first"
+        return {"sampler": epoch_shuffle_sampler(self.train_set, self.trainer, self.seed), "shuffle": False,
+                "drop_last": True}  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
-        return self._loader(self.train_set, **self.train_sampling_kwargs())
+        return ResumableLoader.like(self._loader(self.train_set, **self.train_sampling_kwargs()))
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup('fit') first"

@@ -3,7 +3,10 @@ and as the container of synthetic (GAN-generated) patch sets.
 
 Layout of a store folder: images.npy (N,1,*patch) float32 raw intensities, labels.npy (N,1,*patch) uint8,
 patient_ids.npy (N,) str, centres.npy (N,3) int64 (-1 for synthetic), manifest.json. A store is written into
-a temporary sibling folder and renamed into place, so a folder with that name is always complete.
+a temporary sibling folder and renamed into place, so a folder with that name is always complete; only a patch
+store is ever replaced, and temporary folders of killed writers go at the next write (`datamodules.store_folders`).
+The manifest keeps statistics of the arrays (`datamodules.store_stats`), checked whenever a store is opened:
+a store holding NaN/Inf, or whose files were truncated, is refused with the store and the array named.
 """
 
 from __future__ import annotations
@@ -24,27 +27,41 @@ from tqdm.auto import tqdm
 from datamodules.cohort import PatientRecord, load_patient
 from datamodules import patches as patches_mod
 from datamodules.patches import PatchSettings
+from datamodules.store_folders import check_store_target, is_patch_store, make_tmp_dir, publish, remove_orphans
+from datamodules.store_stats import (ArrayStats, Verify, block_rows, check_sizes, nonfinite_message, statistics_record,
+                                     verify_store)
 
 STORE_VERSION = 1
 HASH_CACHE_NAME = "source_hashes.json"
+__all__ = ["HASH_CACHE_NAME", "STORE_VERSION", "PatchStore", "build_patch_store", "check_store_target", "file_sha256",
+           "is_patch_store", "remove_orphans", "store_key", "write_patch_store"]
 
 
 class PatchStore:
-    """Read-only view of a store folder; arrays are memmaps so opening is cheap and workers share pages."""
+    """Read-only view of a store folder; arrays are memmaps so opening is cheap and workers share pages.
 
-    def __init__(self, root: str | Path) -> None:
+    Opening checks the manifest's statistics and the file sizes (no data read); `verify="full"` rereads every
+    array and compares it with the statistics recorded at writing.
+    """
+
+    def __init__(self, root: str | Path, verify: Verify = "stats") -> None:
         self.root = Path(root)
         manifest_path = self.root / "manifest.json"
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path}: missing file (not a patch store, or an incomplete one)")
-        self.manifest: dict = json.loads(manifest_path.read_text())
+        try:
+            self.manifest: dict = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{manifest_path}: not valid JSON ({err}): damaged patch store manifest") from err
         version = self.manifest.get("store_version")
         if version != STORE_VERSION:
             raise ValueError(f"{manifest_path}: patch store format version {version}, expected {STORE_VERSION}")
-        self.images: np.ndarray = np.load(self.root / "images.npy", mmap_mode="r")
-        self.labels: np.ndarray = np.load(self.root / "labels.npy", mmap_mode="r")
-        self.patient_ids: np.ndarray = np.load(self.root / "patient_ids.npy")
-        self.centres: np.ndarray = np.load(self.root / "centres.npy")
+        check_sizes(self.root, self.manifest.get("statistics") or {})
+        self.images: np.ndarray = _load_array(self.root / "images.npy", mmap=True)
+        self.labels: np.ndarray = _load_array(self.root / "labels.npy", mmap=True)
+        self.patient_ids: np.ndarray = _load_array(self.root / "patient_ids.npy")
+        self.centres: np.ndarray = _load_array(self.root / "centres.npy")
+        verify_store(self.root, self.manifest, {"images": self.images, "labels": self.labels}, verify)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -56,6 +73,13 @@ class PatchStore:
     def indices_for(self, patient_ids: Iterable[str]) -> np.ndarray:
         """Indices of the patches of the given patients (patients are paired by id, never by order)."""
         return np.flatnonzero(np.isin(self.patient_ids, np.asarray(list(patient_ids), dtype=str)))
+
+
+def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{path}: cannot read this patch store array ({err}): truncated or damaged") from err
 
 
 # ----------------------------------------------------------------------------- source hashing
@@ -118,31 +142,18 @@ def store_key(settings: PatchSettings, sources: dict[str, dict]) -> str:
 
 
 # ----------------------------------------------------------------------------- writing
-def _tmp_dir_for(root: Path) -> Path:
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    return tmp
-
-
-def _publish(tmp: Path, root: Path, overwrite: bool) -> None:
-    """Rename the finished tmp folder to root; if another process won the race, keep theirs."""
-    if root.exists() and overwrite:
-        old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(root, old)
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.rename(tmp, root)
-    except OSError:
-        if not (root / "manifest.json").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_meta(folder: Path, patient_ids: np.ndarray, centres: np.ndarray, manifest: dict) -> None:
+def _write_meta(folder: Path, patient_ids: np.ndarray, centres: np.ndarray, manifest: dict,
+                stats: tuple[ArrayStats, ArrayStats]) -> None:
     np.save(folder / "patient_ids.npy", np.asarray(patient_ids, dtype=str))
     np.save(folder / "centres.npy", np.asarray(centres, dtype=np.int64))
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))  # written last: marks completeness
+    _write_manifest(folder, manifest, stats)
+
+
+def _write_manifest(folder: Path, manifest: dict, stats: tuple[ArrayStats, ArrayStats]) -> None:
+    """Statistics (with the sizes of the array files, all written by now), then the manifest: written last, it
+    marks the folder complete."""
+    manifest = dict(manifest, statistics=statistics_record(*stats, folder))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
 def _base_manifest(manifest: dict, n: int, patch_size: Sequence[int]) -> dict:
@@ -162,25 +173,28 @@ def write_patch_store(root: str | Path, images: np.ndarray, labels: np.ndarray, 
         raise ValueError(f"{root}: images must be (N,1,H,W) or (N,1,H,W,D), got {images.shape}")
     if labels.shape != images.shape:
         raise ValueError(f"{root}: labels shape {labels.shape} differs from images shape {images.shape}")
-    for i in range(0, len(images), 1024):  # chunked: full-size boolean temporaries would be GBs
-        if not np.isfinite(images[i:i + 1024]).all():
-            raise ValueError(f"{root}: images contain NaN/Inf")
-        lab = labels[i:i + 1024]
+    check_store_target(root, overwrite)
+    stats = ArrayStats("images"), ArrayStats("labels")
+    step = block_rows(images)
+    for i in range(0, len(images), step):  # blocks: full-size boolean temporaries would be GBs
+        block = stats[0].add(i, images[i:i + step].astype(np.float32, copy=False))
+        if block[2]:
+            raise ValueError(nonfinite_message(root, "images", block))
+        lab = labels[i:i + step]
         if ((lab != 0) & (lab != 1)).any():
             raise ValueError(f"{root}: labels are not binary {{0,1}} (threshold them before writing)")
-    if root.exists() and not overwrite:
-        raise FileExistsError(f"{root}: patch store already exists (pass overwrite=True to replace it)")
+        stats[1].add(i, lab.astype(np.uint8, copy=False))
     n = len(images)
     pids = np.full(n, "synthetic") if patient_ids is None else np.asarray(patient_ids, dtype=str)
     cen = np.full((n, 3), -1, np.int64) if centres is None else np.asarray(centres, dtype=np.int64)
     if pids.shape != (n,) or cen.shape != (n, 3):
         raise ValueError(f"{root}: patient_ids must be ({n},) and centres ({n}, 3), got {pids.shape}, {cen.shape}")
-    tmp = _tmp_dir_for(root)
+    tmp = make_tmp_dir(root)
     try:
         np.save(tmp / "images.npy", images.astype(np.float32, copy=False))
         np.save(tmp / "labels.npy", labels.astype(np.uint8, copy=False))
-        _write_meta(tmp, pids, cen, _base_manifest(manifest, n, images.shape[2:]))
-        _publish(tmp, root, overwrite)
+        _write_meta(tmp, pids, cen, _base_manifest(manifest, n, images.shape[2:]), stats)
+        publish(tmp, root, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -192,8 +206,10 @@ def _n_per_patient(settings: PatchSettings) -> int:
     return n_grid + settings.n_vessel + settings.n_random
 
 
-def _extract_into(records: Sequence[PatientRecord], settings: PatchSettings, tmp: Path, progress: bool) -> dict:
-    """Extract every patient into preallocated memmaps in tmp; returns the per-patient manifest part."""
+def _extract_into(records: Sequence[PatientRecord], settings: PatchSettings, tmp: Path, progress: bool,
+                  stats: tuple[ArrayStats, ArrayStats], where: Path) -> dict:
+    """Extract every patient into preallocated memmaps in tmp, accumulating the statistics per patient (a
+    patient with NaN/Inf voxels in its patches is refused, named); returns the per-patient manifest part."""
     n_max = _n_per_patient(settings) * len(records)
     shape = (n_max, 1, *settings.patch_size)
     images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.float32, shape=shape)
@@ -203,6 +219,11 @@ def _extract_into(records: Sequence[PatientRecord], settings: PatchSettings, tmp
         vol = load_patient(rec)
         ps = patches_mod.extract_patches(vol, settings)
         k = len(ps)
+        block = stats[0].add(n, ps.images)
+        if block[2]:
+            raise ValueError(f"{where}: patient {rec.patient_id} ({rec.files().get('image')}) gives patches with"
+                             f" {block[2]} NaN/Inf values: refusing a store that would train on NaN")
+        stats[1].add(n, ps.labels)
         images[n:n + k], labels[n:n + k] = ps.images, ps.labels
         pids += [rec.patient_id] * k
         centres.append(ps.centres)
@@ -236,16 +257,17 @@ def build_patch_store(records: Sequence[PatientRecord], root: str | Path, settin
         return PatchStore(target)
     if target.exists():  # not written by us (we only rename complete folders into place): distrust it
         shutil.rmtree(target)
-    tmp = _tmp_dir_for(target)
+    tmp = make_tmp_dir(target)
     try:
-        part = _extract_into(records, settings, tmp, progress)
+        stats = ArrayStats("images"), ArrayStats("labels")
+        part = _extract_into(records, settings, tmp, progress, stats, target)
         manifest = _base_manifest({"kind": "real", "key": key, "settings": settings.to_dict()},
                                   part["n_patches"], settings.patch_size)
         for pid, entry in part["patients"].items():
             entry["sources"] = sources[pid]
         manifest["patients"] = part["patients"]
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        _publish(tmp, target, overwrite=False)
+        _write_manifest(tmp, manifest, stats)
+        publish(tmp, target, overwrite=False)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

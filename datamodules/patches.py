@@ -3,7 +3,8 @@
 
 Patches are cut around a centre `c` as `volume[c - s//2 : c - s//2 + s]` per axis; parts falling outside the
 volume are filled (image: the volume minimum, label: 0), so every patch is full size and centres near the
-border are allowed. A 2D patch is a 3D cut of depth 1 along z, squeezed.
+border are allowed. A patch larger than the volume along any axis is refused (`check_patch_fits`). A 2D patch
+is a 3D cut of depth 1 along z, squeezed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from datamodules.cohort import PatientVolume
+from datamodules.cohort import CohortError, PatientVolume
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,19 @@ def choose_centres(vol: PatientVolume, settings: PatchSettings) -> tuple[np.ndar
     return np.concatenate(parts).astype(np.int64), np.concatenate(kinds)
 
 
+def check_patch_fits(vol: PatientVolume, settings: PatchSettings) -> None:
+    """Refuse a patch larger than the volume: its patches would be largely fill, and training on padding
+    happens without any other visible sign."""
+    too_big = [f"{axis} {s} > {n}" for axis, s, n in zip("xyz", settings.cut_size, vol.image.shape) if s > n]
+    if too_big:
+        raise CohortError(f"{vol.image_path}: patch size {list(settings.patch_size)} is larger than the volume "
+                          f"{list(vol.image.shape)} of patient {vol.patient_id!r} ({', '.join(too_big)}); "
+                          "choose a patch_size that fits every volume")
+
+
 def extract_patches(vol: PatientVolume, settings: PatchSettings) -> PatchSet:
     """All patches of one patient, deterministic in (patient_id, settings.seed)."""
+    check_patch_fits(vol, settings)
     centres, kinds = choose_centres(vol, settings)
     size = settings.cut_size
     n = len(centres)

@@ -16,7 +16,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from datamodules.augmentation import AugmentedDataset
 from datamodules.base import CohortDataModule, Normalization, PatchDataset, SimulationSpec
 from datamodules.patch_store import PatchStore
-from datamodules.patches import PatchSettings
+from datamodules.sampling import ResumableLoader, epoch_shuffle_sampler
 from datamodules.volumes import VolumeDataset
 
 
@@ -43,15 +43,20 @@ class SegmentationDataModule(CohortDataModule):
         predict_split: Literal["train", "val", "test"] = "test",
         augment: bool = False,
         test_split: Literal["val", "test"] = "test",
+        target_spacing: list[float] | None = None,
+        skull_strip: bool = False,
     ) -> None:
         """`test_split: val` runs `tofgan test` on the validation patients' whole volumes: the per-patient
-        validation DSC / 95HD of the paper's Table 2 (the fit-time `val/dsc` is pooled over patches)."""
+        validation DSC / 95HD of the paper's Table 2 (the fit-time `val/dsc` is pooled over patches).
+        `target_spacing` (mm) resamples every volume before patches are cut and before inference; predictions
+        come back on the native grid. `skull_strip` zeroes the image and label outside the brain mask (the 2D
+        paper's protocol). Both: `datamodules.preprocess`."""
         super().__init__(cohort_dir, simulate, n_train, n_val, n_test, split_seed, cache_dir, batch_size,
-                         num_workers, seed)
+                         num_workers, seed, target_spacing, skull_strip)
         if not use_real and not synthetic_stores:
             raise ValueError("SegmentationDataModule: use_real is False and no synthetic_stores given: "
                              "there would be no training data")
-        self.patch_settings = PatchSettings(tuple(patch_size), n_vessel, n_random, tuple(grid), seed)  # type: ignore[arg-type]
+        self.patch_settings = self.make_patch_settings(patch_size, n_vessel, n_random, grid, seed)
         self.normalization: Normalization = normalization
         self.use_real = use_real
         self.synthetic_stores = [str(s) for s in synthetic_stores]
@@ -90,7 +95,10 @@ class SegmentationDataModule(CohortDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
-        return self._loader(self.train_set, shuffle=True, drop_last=True)
+        # Shuffle seeded by (seed, epoch), sharded over DDP ranks, resumable mid-epoch (datamodules.sampling);
+        # augmented patches get (epoch, index) keys, from which each patch's augmentation is drawn.
+        sampler = epoch_shuffle_sampler(self.train_set, self.trainer, self.seed, keyed=self.augment)
+        return ResumableLoader.like(self._loader(self.train_set, sampler=sampler, shuffle=False, drop_last=True))
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup('fit') first"

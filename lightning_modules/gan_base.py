@@ -1,4 +1,4 @@
-"""Base LightningModule of the 2D GANs (WGAN-GP now, DCGAN and DP-WGAN on top of it later).
+"""Base LightningModule of the GANs (WGAN-GP, DCGAN, DP-WGAN), 2D (B, 2, H, W) and 3D (B, 2, H, W, D) alike.
 
 What every GAN of the suite shares lives here, so the subclasses only write their losses:
 - manual optimisation with two optimisers, `configure_optimizers` → `[critic_opt, generator_opt]`
@@ -10,7 +10,9 @@ What every GAN of the suite shares lives here, so the subclasses only write thei
   saved in the checkpoint, so the grid is the same before and after a resume);
 - checkpoints that reload from plain data: the networks are stored in the hyper-parameters as
   `{"class_path", "init_args"}` (what LightningCLI stores too), never pickled, and the concrete class is
-  written to `checkpoint["gan_class"]` so `workflows.synthesize` knows which class to load.
+  written to `checkpoint["gan_class"]` so `workflows.synthesize` knows which class to load; class paths read
+  back are resolved only inside the suite's packages (`lightning_modules.checkpoints`);
+- a check before the first step that the data's patch size is what the generator makes and the critic takes.
 
 Subclasses implement `training_step` and count their optimiser steps in `self.step_counts` ("critic",
 "generator"), which seeds the noise and is saved with the checkpoint.
@@ -20,9 +22,9 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import os
 import zlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -33,26 +35,21 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from tqdm.auto import tqdm
 
+from lightning_modules.checkpoints import import_class
+
 DEFAULT_THRESHOLD = {"symmetric": 0.0, "binary": 0.8}
 
 
-def import_object(class_path: str) -> Any:
-    module, _, name = class_path.rpartition(".")
-    if not module:
-        raise ValueError(f"lightning_modules/gan_base.py: {class_path!r} is not a dotted class path")
-    return getattr(importlib.import_module(module), name)
-
-
 def build_network(spec: nn.Module | dict[str, Any], name: str) -> nn.Module:
-    """A network from a module or a `{"class_path", "init_args"}` dict (checkpoint hyper-parameters)."""
+    """A network from a module or a `{"class_path", "init_args"}` dict (checkpoint hyper-parameters).
+
+    The class path must lie in the packages a checkpoint may name (`lightning_modules.checkpoints`), checked
+    before importing: these dicts come from checkpoints, and importing runs a module's top-level code.
+    """
     if isinstance(spec, nn.Module):
         return spec
     if isinstance(spec, dict) and "class_path" in spec:
-        cls = import_object(spec["class_path"])
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise TypeError(
-                f"lightning_modules/gan_base.py: {name} class_path {spec['class_path']!r} is not an nn.Module"
-            )
+        cls = import_class(spec["class_path"], f"{name} spec", f"{name} class_path", base=nn.Module)
         return cls(**spec.get("init_args", {}))
     raise TypeError(
         f"lightning_modules/gan_base.py: {name} must be an nn.Module or a class_path dict, got {type(spec).__name__}"
@@ -77,7 +74,8 @@ def build_optimizer(spec: OptimizerCallable | dict[str, Any] | None) -> Optimize
     if spec is None:
         return functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.0, 0.9))
     if isinstance(spec, dict):
-        return functools.partial(import_object(spec["class_path"]), **spec.get("init_args", {}))
+        cls = import_class(spec.get("class_path"), "optimizer spec", "optimizer class_path", base=torch.optim.Optimizer)
+        return functools.partial(cls, **spec.get("init_args", {}))
     return spec
 
 
@@ -88,6 +86,28 @@ def optimizer_spec(spec: Any) -> Any:
     if isinstance(spec, functools.partial) and isinstance(spec.func, type) and not spec.args:
         return {"class_path": f"{spec.func.__module__}.{spec.func.__qualname__}", "init_args": dict(spec.keywords)}
     return None  # lambdas etc.: the reloaded module falls back to the default optimiser
+
+
+@torch.no_grad()
+def _eval_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One forward in eval mode (BatchNorm/spectral-norm state untouched), in the net's device and dtype."""
+    param = next(net.parameters(), None)
+    if param is not None:
+        x = x.to(device=param.device, dtype=param.dtype)
+    was_training = net.training
+    net.eval()
+    try:
+        return net(x)
+    finally:
+        net.train(was_training)
+
+
+def _size_settings(net: nn.Module, name: str) -> str:
+    """The size settings of a network, as the config names them (e.g. `generator.init_args.out_size=32`)."""
+    init_args = getattr(net, "init_args", None) or {}
+    sizes = [f"--model.init_args.{name}.init_args.{k}={v}" for k, v in init_args.items()
+             if "size" in k and k != "kernel_size"]
+    return f"{name} {type(net).__name__}" + (f": {', '.join(sizes)}" if sizes else "")
 
 
 def _built_by_cli() -> bool:
@@ -103,8 +123,8 @@ class GANModule(LightningModule):
     """Shared GAN machinery; see the module docstring. Subclasses write `training_step`.
 
     Args:
-        generator: z (N, latent_dim) → (N, 2, H, W) in [-1, 1] (channel 0 image, channel 1 label).
-        critic: (N, 2, H, W) → (N,) score/logit.
+        generator: z (N, latent_dim) → (N, 2, H, W) or (N, 2, H, W, D) in [-1, 1] (channel 0 image, 1 label).
+        critic: (N, 2, *spatial) → (N,) score/logit.
         generator_optimizer, critic_optimizer: optimiser factories (None: Adam 1e-4, β = (0.0, 0.9)).
         latent_dim: noise size (must match the generator's `latent_dim` attribute when it has one).
         label_encoding: "symmetric" maps the {0,1} label to {-1,+1}; "binary" keeps {0,1} (authors' code).
@@ -172,6 +192,37 @@ class GANModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.step_counts = dict(checkpoint.get("gan_step_counts", {"critic": 0, "generator": 0}))
 
+    # ----------------------------------------------------------------- data/model agreement
+    def on_fit_start(self) -> None:
+        self.check_patch_size()
+
+    def check_patch_size(self) -> None:
+        """Before the first step: the generator's output and the critic's input have the datamodule's patch size.
+
+        A mismatch would otherwise surface at the first step as a `torch.cat` size error naming no setting.
+        One forward of each network in eval mode, without gradients or random numbers (resumed runs unchanged).
+        """
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        settings = getattr(datamodule, "patch_settings", None)
+        if settings is None:
+            return
+        patch = [int(s) for s in settings.patch_size]
+        data = f"{type(datamodule).__name__} patch_size {patch} (--data.init_args.patch_size)"
+        z = torch.zeros(1, self.latent_dim)
+        fake = _eval_forward(self.generator, z)
+        if list(fake.shape[2:]) != patch:
+            raise ValueError(f"lightning_modules/gan_base.py: the data's {data} differs from the generator's output"
+                             f" {list(fake.shape[2:])} ({_size_settings(self.generator, 'generator')}); set them equal")
+        critic = _size_settings(self.critic, "critic")
+        try:
+            scores = _eval_forward(self.critic, torch.zeros(2, fake.shape[1], *patch))
+        except RuntimeError as err:
+            raise ValueError(f"lightning_modules/gan_base.py: the critic does not accept the data's {data}"
+                             f" ({critic}): {str(err).splitlines()[0]}") from err
+        if scores.numel() != 2:
+            raise ValueError(f"lightning_modules/gan_base.py: the critic gives {tuple(scores.shape)} scores for 2"
+                             f" patches of the data's {data} ({critic}); expected one per patch")
+
     @property
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """The precision plugin's GradScaler under "16-mixed" (None for 32/bf16 or outside a Trainer)."""
@@ -198,11 +249,11 @@ class GANModule(LightningModule):
 
     # ----------------------------------------------------------------- labels
     def encode_real(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """{"image" [-1,1], "label" {0,1}} → (B, 2, H, W) in the generator's output range."""
+        """{"image" [-1,1], "label" {0,1}} of shape (B,1,H,W) or (B,1,H,W,D) → (B, 2, …) in the generator's range."""
         image, label = batch["image"], batch["label"].to(batch["image"].dtype)
-        if image.ndim != 4 or image.shape[1] != 1 or label.shape != image.shape:
+        if image.ndim not in (4, 5) or image.shape[1] != 1 or label.shape != image.shape:
             raise ValueError(
-                f"lightning_modules/gan_base.py: expected image and label of shape (B,1,H,W), got"
+                f"lightning_modules/gan_base.py: expected image and label of shape (B,1,H,W) or (B,1,H,W,D), got"
                 f" {tuple(image.shape)} and {tuple(label.shape)}"
             )
         if self.label_encoding == "symmetric":
@@ -226,7 +277,7 @@ class GANModule(LightningModule):
 
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
-        """Raw (n_sample_grid, 2, H, W) output for the fixed noise, in eval mode."""
+        """Raw (n_sample_grid, 2, *spatial) output for the fixed noise, in eval mode."""
         was_training = self.training
         self.eval()
         try:
@@ -235,14 +286,16 @@ class GANModule(LightningModule):
             self.train(was_training)
 
     @torch.no_grad()
-    def generate(
+    def generate_batches(
         self, n: int, batch_size: int = 256, seed: int | None = None, progress: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """n pairs: images (n,1,H,W) float32 in [-1,1] and labels (n,1,H,W) uint8 {0,1}, on the CPU.
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """n pairs, one batch at a time: images (b,1,*spatial) float32 in [-1,1], labels (b,1,*spatial) uint8.
 
-        The noise comes from a CPU generator seeded with `seed` (None: fresh entropy), drawn at once, so
-        the result depends on the seed only, not on `batch_size` or the device. Eval mode (BN running
-        statistics), no grad; the module's train/eval state is restored afterwards.
+        Streaming: memory is bounded by `batch_size` whatever n (a paper-scale 3D set is 11,750 × 5 MiB), apart
+        from the noise, drawn at once (512 B per pair at latent 128) from a CPU generator seeded with `seed`
+        (None: fresh entropy), so the noise depends on the seed only, not on `batch_size` or the device (the pairs
+        then agree up to the convs' rounding, which may depend on the batch: ≈1e-8 for 3D on a CPU). Eval mode
+        (BN running statistics), no grad; the module's train/eval state is restored when the iteration ends.
         """
         if n < 1 or batch_size < 1:
             raise ValueError(f"lightning_modules/gan_base.py: n and batch_size must be ≥ 1, got {n}, {batch_size}")
@@ -254,15 +307,26 @@ class GANModule(LightningModule):
         z = torch.randn(n, self.latent_dim, generator=rng)
         was_training = self.training
         self.eval()
-        images = labels = torch.empty(0)
         try:
             for start in tqdm(range(0, n, batch_size), desc="generating", disable=not progress, unit="batch"):
                 out = self.generator(z[start : start + batch_size].to(self.device)).float().cpu()
-                if start == 0:  # preallocated: 41,000 96×96 pairs are 1.9 GB, no second copy from a cat
-                    images = torch.empty((n, 1, *out.shape[2:]), dtype=torch.float32)
-                    labels = torch.empty((n, 1, *out.shape[2:]), dtype=torch.uint8)
-                images[start : start + len(out)] = out[:, :1]
-                labels[start : start + len(out)] = self.decode_label(out[:, 1:2])
+                yield out[:, :1].contiguous(), self.decode_label(out[:, 1:2])
         finally:
             self.train(was_training)
+
+    def generate(
+        self, n: int, batch_size: int = 256, seed: int | None = None, progress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All n pairs of `generate_batches` in memory: images (n,1,*spatial) float32, labels (n,1,*spatial) uint8.
+
+        For large n (3D) stream instead: `workflows.synthesize` writes `generate_batches` to disk batch by batch.
+        """
+        images = labels = torch.empty(0)
+        pos = 0
+        for image, label in self.generate_batches(n, batch_size, seed, progress):
+            if pos == 0:  # preallocated: 41,000 96×96 pairs are 1.9 GB, no second copy from a cat
+                images = torch.empty((n, *image.shape[1:]), dtype=torch.float32)
+                labels = torch.empty((n, *label.shape[1:]), dtype=torch.uint8)
+            images[pos : pos + len(image)], labels[pos : pos + len(label)] = image, label
+            pos += len(image)
         return images, labels

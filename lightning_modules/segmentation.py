@@ -12,6 +12,13 @@ Intracranial evaluation (label and prediction both masked by the brain mask) is 
 whose batch says `has_brain_mask` true: volume batches always carry a `brain_mask` (all ones when the patient
 has none), and a ones-mask would silently duplicate the all-vessel numbers under the intracranial name.
 
+Spacing: volumes are predicted on the grid the data gives as `model_affine` (resampled to the DataModule's
+`target_spacing`, `datamodules.preprocess`) and the probabilities are resampled back onto the native grid of
+the label before thresholding, so metrics and written predictions are native. The spacing the net was trained
+at (`train_spacing`, taken from the DataModule at fit start) is saved in the checkpoint's hyper-parameters; a
+volume seen at another spacing (no `target_spacing`, or a different one) gets a warning naming both. With skull
+stripping (batch `skull_strip`) predictions outside the brain mask are set to 0.
+
 Transfer learning (Kossen et al. 2021, Fig. 3): `pretrained` names a checkpoint of a U-Net trained on
 synthetic pairs; its network weights are loaded at construction, strictly (same architecture or an error).
 """
@@ -34,6 +41,7 @@ from monai.losses import DiceLoss
 from torch import nn
 from torchmetrics.classification import BinaryF1Score
 
+from datamodules.preprocess import resample_to_grid, same_spacing
 from metrics.segmentation import METRIC_NAMES, PerPatientSegmentationMetrics
 
 EMPTY_MASK_POLICY = (
@@ -69,16 +77,11 @@ def load_net_weights(net: nn.Module, path: str) -> None:
 
     `weights_only=True`: the checkpoint is data, never code; suite checkpoints hold only plain data.
     """
+    from lightning_modules.checkpoints import load_checkpoint_dict  # lazy: the loader imports the suite's registry
+
     file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: pretrained checkpoint not found")
-    try:
-        raw = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-        raise ValueError(f"{file}: cannot read as a checkpoint or state dict with weights_only=True (a module built "
-                         "in Python pickles its net into the hyper-parameters; `tofgan fit` checkpoints do not): "
-                         f"save `module.net.state_dict()` with torch.save and pass that file. ({err})") from err
-    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    raw = load_checkpoint_dict(file, "pretrained checkpoint or state dict")  # data only; errors name the file
+    state = raw.get("state_dict", raw)
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{file}: holds no state dict")
     if any(k.startswith("net.") for k in state):
@@ -106,6 +109,8 @@ class SegmentationModule(LightningModule):
             module) whose network weights initialise `net`. A checkpoint of a run fine-tuned from it still
             records this path; reloading that run re-reads the file before the run's own weights replace
             it, so set `pretrained: null` (`--model.init_args.pretrained null`) if the file has moved.
+        train_spacing: voxel size (mm) the net was trained at; leave null: fit sets it from the DataModule
+            (`cohort_spacing()`) and the checkpoint keeps it, to warn when test data come at another spacing.
 
     Loss: `DiceLoss(sigmoid=True, smooth_nr=1, smooth_dr=1, batch=True)` = 1 − Dice_smooth1 over the whole
     batch, i.e. the paper's −Dice (Keras `dice_coef` with smooth 1 on the flattened batch) plus a constant.
@@ -124,6 +129,7 @@ class SegmentationModule(LightningModule):
         slice_batch: int = 64,
         report_dir: str | None = None,
         pretrained: str | None = None,
+        train_spacing: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if len(roi_size) not in (2, 3):
@@ -140,6 +146,8 @@ class SegmentationModule(LightningModule):
         self.slice_batch = int(slice_batch)
         self.report_dir = report_dir
         self.pretrained = pretrained
+        self.train_spacing = tuple(float(v) for v in train_spacing) if train_spacing is not None else None
+        self._spacing_warned: set[tuple[float, ...]] = set()
         if pretrained:
             load_net_weights(self.net, pretrained)
         self.loss_fn = DiceLoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0, batch=True)
@@ -200,9 +208,63 @@ class SegmentationModule(LightningModule):
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=bs)
         self.log("val/dsc", self.val_dsc, on_epoch=True, prog_bar=True, batch_size=bs)
 
+    # ---------------------------------------------------------------- spacing
+    def on_fit_start(self) -> None:
+        """Record the spacing the net trains at (saved with the hyper-parameters in every checkpoint)."""
+        spacing = getattr(self.trainer.datamodule, "cohort_spacing", lambda: None)()
+        if spacing is not None:
+            self.train_spacing = tuple(float(v) for v in spacing)
+            self.hparams["train_spacing"] = list(self.train_spacing)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """`tofgan test --ckpt_path` builds the module from the config: take the trained spacing from the file."""
+        spacing = (checkpoint.get("hyper_parameters") or {}).get("train_spacing")
+        if spacing is not None:
+            self.train_spacing = tuple(float(v) for v in spacing)
+            self.hparams["train_spacing"] = list(self.train_spacing)
+
+    def _check_spacing(self, batch: dict[str, Any]) -> None:
+        """Warn (once per spacing) when the net sees a volume at a spacing other than the one it was trained at,
+        compared on the axes the net works on (in-plane for 2D nets)."""
+        seen = batch.get("model_spacing", batch.get("spacing"))
+        if self.train_spacing is None or seen is None:
+            return
+        axes = len(self.roi_size)
+        for b, sp in enumerate(torch.as_tensor(seen).reshape(-1, 3).tolist()):
+            key = tuple(round(v, 4) for v in sp)
+            if same_spacing(sp[:axes], self.train_spacing[:axes]) or key in self._spacing_warned:
+                continue
+            self._spacing_warned.add(key)
+            fmt = "×".join
+            warnings.warn(f"SegmentationModule: the net was trained at {fmt(f'{v:g}' for v in self.train_spacing)} mm "
+                          f"but patient {batch['patient_id'][b]!r} is seen at {fmt(f'{v:g}' for v in sp)} mm (not "
+                          f"resampled to the training spacing); set data.init_args.target_spacing "
+                          f"{list(self.train_spacing)} to resample volumes (predictions come back on the native grid)",
+                          stacklevel=2)
+
+    def _to_native(self, prob: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Probabilities on the model grid → the native grid of the label, then cut to the brain mask when the
+        data were skull-stripped."""
+        native = tuple(batch["label"].shape[2:]) if batch.get("label") is not None else tuple(prob.shape[2:])
+        model_affine, affine = batch.get("model_affine"), batch.get("affine")
+        rows = []
+        for b in range(prob.shape[0]):
+            p = prob[b]
+            same = model_affine is None or (tuple(p.shape[1:]) == native and torch.allclose(
+                model_affine[b].double().cpu(), affine[b].double().cpu(), atol=1e-4))
+            rows.append(p if same else resample_to_grid(p, model_affine[b], affine[b], native, "bilinear").clamp(0, 1))
+        prob = torch.stack(rows)
+        strip = batch.get("skull_strip")
+        if strip is not None:
+            strip = torch.as_tensor(strip).reshape(-1).bool().to(prob.device)
+            prob = torch.where(strip.view(-1, 1, 1, 1, 1) & (batch["brain_mask"].to(prob.device) <= 0.5),
+                               torch.zeros_like(prob), prob)
+        return prob
+
     # ---------------------------------------------------------------- volume steps
     def _volume_outputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        prob = self.predict_volume(batch["image"])
+        self._check_spacing(batch)
+        prob = self._to_native(self.predict_volume(batch["image"]), batch)
         return {
             "prob": prob,
             "pred": (prob >= self.threshold).to(torch.uint8),

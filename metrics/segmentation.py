@@ -34,8 +34,10 @@ ArrayLike = np.ndarray | torch.Tensor
 
 
 def _as_bool(mask: ArrayLike) -> np.ndarray:
+    """A C-contiguous bool copy-or-view: torch.from_numpy (used for MONAI) refuses negative strides, e.g. of an
+    np.flip view, so non-contiguous input is copied."""
     arr = np.asarray(mask.detach().cpu()) if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    return arr if arr.dtype == bool else arr > 0
+    return np.ascontiguousarray(arr if arr.dtype == bool else arr > 0)
 
 
 def _check(pred: ArrayLike, target: ArrayLike, spacing: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray, tuple]:

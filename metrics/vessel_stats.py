@@ -22,7 +22,8 @@ def _as_bool(label: np.ndarray) -> np.ndarray:
 
 
 def _bbox(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...]:
-    """Bounding box of the foreground with a margin, so the EDT still sees background around vessels."""
+    """Bounding box of the foreground with a margin of background voxels, clipped to the array: the crop keeps
+    every wall the full array has, and adds none where the foreground touches the array's border."""
     idx = np.nonzero(mask)
     return tuple(
         slice(max(int(i.min()) - pad, 0), min(int(i.max()) + pad + 1, n)) for i, n in zip(idx, mask.shape)
@@ -47,6 +48,11 @@ def radius_samples_mm(label: np.ndarray, spacing: Sequence[float] | None = None)
     The distance transform between voxel centres measures from the centreline voxel to the first
     background voxel centre, i.e. about half a voxel beyond the edge of the labelled tube; we keep that
     raw value (the usual convention in the vessel-statistics literature) rather than subtracting a guess.
+
+    The border of the array (a patch or crop) is unknown, not a vessel wall: nothing outside is taken as
+    background, so a vessel cut by the border keeps its radius (scipy's EDT only measures to background voxels
+    inside the array; padding with background, as before, shrank the radii of cut vessels). An array without
+    any background voxel has no measurable radius (empty result).
     """
     lab = _as_bool(label)
     sp = tuple(float(s) for s in (spacing if spacing is not None else (1.0,) * lab.ndim))
@@ -54,7 +60,9 @@ def radius_samples_mm(label: np.ndarray, spacing: Sequence[float] | None = None)
         raise ValueError(f"spacing {sp} does not match label dimensions {lab.ndim}")
     if not lab.any():
         return np.zeros(0, dtype=np.float64)
-    crop = np.pad(lab[_bbox(lab)], 1)  # padding guarantees background at the border of the crop
+    crop = lab[_bbox(lab)]
+    if crop.all():  # no wall anywhere in view: the radius is unknown
+        return np.zeros(0, dtype=np.float64)
     edt = ndimage.distance_transform_edt(crop, sampling=sp)
     skel = skeletonize(crop) > 0
     if not skel.any():  # isolated specks can vanish under skeletonisation: fall back to their maxima

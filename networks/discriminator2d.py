@@ -121,3 +121,55 @@ class DCGANDiscriminator2D(nn.Module):
         if self.mbd is not None:
             h = self.mbd(h)
         return self.out(h).flatten()
+
+
+class DPCritic2D(nn.Module):
+    """WGAN critic for DP-SGD (DP paper, SPEC §3.3): kernel-4 stride-2 convs, a per-sample normaliser, no bias
+    mixing across samples, so opacus can compute per-sample gradients (BatchNorm cannot be used with DP-SGD).
+
+    k stride-2 convs (k4, padding 1) widen ndf → … → 2^(k-1)·ndf while halving `in_size` = 3·2^k to 3×3, each
+    followed by the normaliser and LeakyReLU(0.2); a 3×3 valid conv gives the score, shape (N,).
+
+    `norm`:
+    - "group": GroupNorm(min(groups, C), C, affine) — works on an empty batch too;
+    - "instance": InstanceNorm2d(affine=True, no running statistics);
+    - "none": plain convs (the paper's weight-clipped WGAN).
+    Unlike `networks.gan2d.WGANCritic2D` (affine-free InstanceNorm, no conv bias), the normalisers here are
+    affine, so the DP critic keeps a trainable per-channel scale and shift.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 2,
+        ndf: int = 96,
+        in_size: int = 96,
+        norm: str = "group",
+        groups: int = 8,
+    ) -> None:
+        super().__init__()
+        if norm not in ("group", "instance", "none"):
+            raise ValueError(f"networks/discriminator2d.py: DPCritic2D norm must be 'group', 'instance' or 'none', got {norm!r}")
+        if min(in_channels, ndf, groups) < 1:
+            raise ValueError(f"networks/discriminator2d.py: in_channels, ndf, groups must be ≥ 1, got {in_channels}, {ndf}, {groups}")
+        k = n_stages(in_size, "DPCritic2D in_size")
+        self.init_args: dict[str, Any] = dict(in_channels=in_channels, ndf=ndf, in_size=in_size, norm=norm, groups=groups)
+        layers: list[nn.Module] = []
+        in_ch = in_channels
+        for i in range(k):
+            width = ndf * 2**i
+            layers.append(nn.Conv2d(in_ch, width, 4, 2, 1))
+            if norm == "group":
+                g = max(d for d in range(1, min(groups, width) + 1) if width % d == 0)
+                layers.append(nn.GroupNorm(g, width, affine=True))
+            elif norm == "instance":
+                layers.append(nn.InstanceNorm2d(width, affine=True, track_running_stats=False))
+            layers.append(nn.LeakyReLU(0.2))  # not in-place: opacus' hooks keep the conv output
+            in_ch = width
+        self.conv_stack = nn.Sequential(*layers)
+        self.head = nn.Conv2d(in_ch, 1, 3)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_stack(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).flatten()

@@ -29,9 +29,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _read_state_dict(path: Path, what: str, weights_only: bool) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """The state dict of a weights file or Lightning checkpoint, read as data only (never unpickling code)."""
+    from lightning_modules.checkpoints import load_checkpoint_dict
+
+    ckpt = load_checkpoint_dict(path, what)
+    state = ckpt.get("state_dict", ckpt)
     if not isinstance(state, dict):
         raise ValueError(f"{what} {path}: no state_dict found")
     return state
@@ -118,6 +121,7 @@ class InceptionV3Features(FeatureExtractor):
             raise ImportError(
                 "InceptionV3Features needs torch-fidelity (and torchvision): pip install tofgan[inception]"
             ) from err
+        _read_state_dict(path, "Inception weights file")  # data only, before torch-fidelity's own torch.load
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self._identify("inception_v3_pool3", path, 2048,
@@ -196,7 +200,7 @@ class MedicalNetFeatures(FeatureExtractor):
                        "stored; global average pool of layer4")
 
     def _load(self, path: Path) -> None:
-        state = _read_state_dict(path, "MedicalNet weights file", weights_only=True)
+        state = _read_state_dict(path, "MedicalNet weights file")
         state = {k.removeprefix("module."): v for k, v in state.items()}
         state = {k: v for k, v in state.items() if not k.startswith(("conv_seg.", "fc."))}  # task heads
         _load_strict(self.net, state, path, "MedicalNet weights file")
@@ -238,7 +242,8 @@ class SegmentationEncoderFeatures(FeatureExtractor):
     `encoder_attr` (dotted attribute of `net`; a tensor or a sequence whose last item is the deepest map)
     or from a forward hook on the submodule `layer_name` (e.g. "encoders.4" for `HalfUNet2D`).
     Input mapping: image channel → per-sample z-score (as the segmentation module normalises its input).
-    The checkpoint is trusted project output (loaded with weights_only=False: Lightning hyper-parameters).
+    The checkpoint is read as data only (`lightning_modules.checkpoints.safe_load`): a file that pickles
+    Python objects (a module built outside `tofgan fit` pickles its net into the hyper-parameters) is refused.
     """
 
     def __init__(
@@ -268,7 +273,7 @@ class SegmentationEncoderFeatures(FeatureExtractor):
                        f"channel {channel}; per-sample {normalisation}; {where} -> global average pool")
 
     def _load(self, path: Path, prefix: str | None) -> None:
-        state = _read_state_dict(path, "segmentation checkpoint", weights_only=False)
+        state = _read_state_dict(path, "segmentation checkpoint")
         wanted = self.net.state_dict()
         prefix = self._find_prefix(state, wanted) if prefix is None else prefix
         if prefix is None:

@@ -4,6 +4,13 @@ Each point stamps a small ball of voxels with partial-volume occupancy clip((r â
 the voxel centre's distance to the point and h the voxel size, and overlapping stamps keep their maximum
 (union of tubes). Unlike a single nearest-centreline distance transform, the maximum does not notch big
 vessels where a small branch leaves, and it works sparsely, touching only voxels near vessels.
+
+Two occupancies come out: `occupancy`, of the tube as a blurred image shows it (radius widened by the
+point-spread blur; what an image-drawn label marks, so labels threshold it), and `fill`, the true partial
+volume of the physical lumen (the same ramp, scaled by 2r/h for a lumen thinner than a voxel), which the
+renderer blurs itself: a small vessel then fills little of its voxels and stays dim, as in a real scan.
+`lumen` is the voxel's relative distance to the centreline (0 on the axis, 1 at the wall) for the lumen's
+flow profile; `source` the stamping point, so callers can look up per-curve properties.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ class SparseOccupancy:
     occupancy: np.ndarray  # (K,) float32 in (0, 1]
     radius: np.ndarray  # (K,) float32 mm of the stamping point with the largest occupancy
     travel: np.ndarray  # (K,) float32 mm flow path of that point
+    fill: np.ndarray | None = None  # (K,) float32 true partial volume of the physical lumen (None: = occupancy)
+    lumen: np.ndarray | None = None  # (K,) float32 distance to the centreline / radius, clipped to [0, 1]
+    source: np.ndarray | None = None  # (K,) int64 index of the stamping centreline point
 
     def dense(self, shape: tuple[int, int, int]) -> np.ndarray:
         out = np.zeros(int(np.prod(shape)), dtype=np.float32)
@@ -50,7 +60,7 @@ def rasterize(
     reach = r_app + 0.5 * h
     half = np.ceil(reach[:, None] / sp[None, :] + 0.5).astype(np.int64)
     key = half[:, 0] * 10000 + half[:, 1] * 100 + half[:, 2]
-    idx_all, occ_all, src_all = [], [], []
+    idx_all, occ_all, src_all, fill_all, lumen_all = [], [], [], [], []
     for k in np.unique(key):
         sel = np.nonzero(key == k)[0]
         hw = half[sel[0]]
@@ -62,17 +72,22 @@ def rasterize(
             d = np.linalg.norm((vox - p[:, None, :]) * sp, axis=-1)
             occ = np.clip((r_app[chunk, None] - d) / h + 0.5, 0.0, 1.0)
             ok = (occ > 0) & np.all((vox >= 0) & (vox < shape_arr), axis=-1)
+            r = lines.radius[chunk, None]
             idx_all.append((vox[ok] * strides).sum(-1))
             occ_all.append(occ[ok].astype(np.float32))
             src_all.append(np.broadcast_to(chunk[:, None], ok.shape)[ok])
+            fill = np.clip((r - d) / h + 0.5, 0.0, 1.0) * np.minimum(1.0, 2.0 * r / h)  # sub-voxel: cross-section
+            fill_all.append(fill[ok].astype(np.float32))
+            lumen_all.append(np.minimum(d / r, 1.0)[ok].astype(np.float32))
     if not idx_all:
         z = np.zeros(0, dtype=np.float32)
-        return SparseOccupancy(np.zeros(0, dtype=np.int64), z, z, z)
+        return SparseOccupancy(np.zeros(0, dtype=np.int64), z, z, z, z, z, np.zeros(0, dtype=np.int64))
     idx, occ, src = np.concatenate(idx_all), np.concatenate(occ_all), np.concatenate(src_all)
+    fill, lumen = np.concatenate(fill_all), np.concatenate(lumen_all)
     # Max per voxel: sort by (voxel, occupancy) and keep each voxel's last entry.
     order = np.lexsort((occ, idx))
-    idx, occ, src = idx[order], occ[order], src[order]
     last = np.ones(len(idx), dtype=bool)
-    last[:-1] = idx[1:] != idx[:-1]
-    src = src[last]
-    return SparseOccupancy(idx[last], occ[last], lines.radius[src], lines.travel[src])
+    last[:-1] = idx[order][1:] != idx[order][:-1]
+    keep = order[last]
+    src = src[keep]
+    return SparseOccupancy(idx[keep], occ[keep], lines.radius[src], lines.travel[src], fill[keep], lumen[keep], src)

@@ -6,15 +6,20 @@ centroid, then splits the cloud in two along its longest axis; children get radi
 the stop radius. Because radius follows territory, the vessel volume per brain volume hardly depends on
 the field-of-view scale, which keeps small demo volumes statistically realistic. Roots are two internal
 carotids and the basilar artery entering from below, joined by a circle-of-Willis-like ring.
+
+`background_vessels` adds what real TOF shows besides the labelled tree: many faint arterioles and
+venules below the label's size, as short random curves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from simulation.anatomy import BrainShape
+if TYPE_CHECKING:  # annotations only: anatomy imports the rasteriser, which imports this module
+    from simulation.anatomy import BrainShape
 
 ICA_RADIUS_MM = 2.7
 BASILAR_RADIUS_MM = 1.8
@@ -209,3 +214,44 @@ def grow_arteries(
         if len(half):
             b.grow(ring(side * 150.0), up, r_ba * (len(half) / len(terr)) ** (1 / 3), half, ends["BA"][1] + 8.0)
     return b.result()
+
+
+#: Unlabelled background vessels: radius range (mm; below the labelled tree's stop radius, as the small
+#: perforators and cortical twigs a rater leaves out), length range (mm) and the share of wider, slow-flow
+#: venous segments (radius ×3).
+BACKGROUND_RADIUS_MM = (0.15, 0.35)
+BACKGROUND_LENGTH_MM = (4.0, 20.0)
+BACKGROUND_VEIN_SHARE = 0.25
+BACKGROUND_STEP_MM = 0.35
+
+
+def background_vessels(
+    brain_mask: np.ndarray, spacing: tuple[float, float, float], per_cm3: float, rng: np.random.Generator
+) -> tuple[Centrelines, np.ndarray]:
+    """Short smooth random curves inside the brain; returns centrelines and each point's curve index.
+
+    Each curve starts at a random brain voxel, runs along a direction that turns smoothly (a random walk of
+    the tangent), and has one radius; all curves are built at once as arrays (no per-curve Python loop).
+    """
+    sp = np.asarray(spacing, dtype=np.float64)
+    inside = np.flatnonzero(brain_mask)
+    n = int(rng.poisson(per_cm3 * len(inside) * float(np.prod(sp)) / 1000.0)) if len(inside) else 0
+    if n == 0:
+        empty = np.zeros((0, 3), np.float32)
+        return Centrelines(empty, np.zeros(0, np.float32), np.zeros(0, np.float32)), np.zeros(0, np.int64)
+    start = np.stack(np.unravel_index(rng.choice(inside, n), brain_mask.shape), -1) * sp
+    steps = int(np.ceil(BACKGROUND_LENGTH_MM[1] / BACKGROUND_STEP_MM))
+    length = rng.uniform(*BACKGROUND_LENGTH_MM, n)
+    turn = np.cumsum(rng.normal(0.0, 0.15, (n, steps, 3)), axis=1) + rng.standard_normal((n, 1, 3))
+    tangent = turn / np.linalg.norm(turn, axis=-1, keepdims=True)
+    pts = start[:, None, :] + np.cumsum(tangent * BACKGROUND_STEP_MM, axis=1)
+    keep = np.arange(steps)[None, :] * BACKGROUND_STEP_MM < length[:, None]
+    vox = np.rint(pts / sp).astype(np.int64)  # a curve that leaves the brain stops being drawn there
+    within = np.all((vox >= 0) & (vox < np.asarray(brain_mask.shape)), axis=-1)
+    vox = np.where(within[..., None], vox, 0)
+    keep &= within & brain_mask[vox[..., 0], vox[..., 1], vox[..., 2]]
+    vein = rng.random(n) < BACKGROUND_VEIN_SHARE
+    radius = rng.uniform(*BACKGROUND_RADIUS_MM, n) * np.where(vein, 3.0, 1.0)
+    curve = np.broadcast_to(np.arange(n)[:, None], keep.shape)[keep]
+    lines = Centrelines(pts[keep].astype(np.float32), radius[curve].astype(np.float32), np.zeros(len(curve), np.float32))
+    return lines, curve.astype(np.int64)

@@ -157,3 +157,27 @@ def test_empty_or_missing_cohort(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(CohortError, match="no patients found"):
         discover_cohort(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("kind", ["image", "label"])
+def test_truncated_nifti_names_the_file(patient, kind) -> None:
+    """nib.load reads only the header: the voxels of a cut-off .nii.gz must be read inside the validation."""
+    d = patient[0]
+    path = d / f"{kind}.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(CohortError, match=rf"a01/{kind}\.nii\.gz: cannot read the {kind} voxels"):
+        load_patient(_rec(d))
+
+
+def test_manifest_with_bom_and_spaces_after_commas(tmp_path: Path) -> None:
+    """Spreadsheet exports: a UTF-8 byte-order mark and "a, b" separators are accepted."""
+    root = write_tiny_cohort(tmp_path / "c", n_patients=2, manifest=True)
+    lines = (root / "cohort.csv").read_text().splitlines()
+    text = "\n".join(", ".join(cell.strip() for cell in line.split(",")) for line in lines) + "\n"
+    (root / "cohort.csv").write_bytes("\ufeff".encode() + text.encode())
+    assert (root / "cohort.csv").read_bytes().startswith(b"\xef\xbb\xbfpatient_id, image, label")
+    recs = discover_cohort(root)
+    assert [r.patient_id for r in recs] == ["p000", "p001"]
+    assert recs[0].image == root / "data" / "p000_image.nii.gz" and recs[0].brain_mask is not None
+    load_patient(recs[1])

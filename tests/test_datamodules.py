@@ -152,29 +152,48 @@ def test_missing_cohort_without_and_with_simulation(tmp_path: Path, monkeypatch:
 
     def fake_simulate_cohort(out_dir, profile="pegasus", n_patients=66, seed=0, scale=1.0, id_prefix=None,
                              overwrite=False, progress=True):
-        """Stands in for simulation.cohort: same layout, cohort.json written last."""
+        """Stands in for simulation.cohort: same layout, cohort.json marked complete at the end."""
         calls.append((profile, n_patients, seed, scale))
         root = write_tiny_cohort(out_dir, n_patients=n_patients + 1, prefix=f"{profile}-sim-")
         ids = [f"{profile}-sim-{i:03d}" for i in range(n_patients)]  # one extra folder, not listed
         (root / "cohort.json").write_text(json.dumps({"profile": profile, "n_patients": n_patients, "seed": seed,
-                                                      "scale": float(scale), "patient_ids": ids}))
+                                                      "scale": float(scale), "patient_ids": ids, "complete": True}))
         return root
 
     fake = types.ModuleType("simulation.cohort")
     fake.simulate_cohort = fake_simulate_cohort  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "simulation.cohort", fake)
     spec = SimulationSpec("1000plus", n_patients=6, scale=0.5, seed=2)
-    dm = _gan(tmp_path / "sim", tmp_path, simulate=spec)
+    sim = tmp_path / "data" / "simulated" / "1000plus-tiny"  # the default simulated cohort's place
+    dm = _gan(sim, tmp_path, simulate=spec)
     assert calls == [("1000plus", 6, 2, 0.5)] and len(dm.records) == 6  # the unlisted folder is ignored
     dm.prepare_data()
     assert len(calls) == 1  # finished cohort with the same settings: reused
-    (tmp_path / "sim" / "cohort.json").unlink()  # as after an interrupted simulation
+    meta = json.loads((sim / "cohort.json").read_text())
+    (sim / "cohort.json").write_text(json.dumps({**meta, "complete": False}))  # as after an interruption
     dm.prepare_data()
     assert len(calls) == 2  # resumed
+    with pytest.raises(CohortError, match=r"cohort\.json: an unfinished simulated cohort"):
+        (sim / "cohort.json").write_text(json.dumps({**meta, "complete": False}))
+        GANPatchDataModule(cohort_dir=str(sim)).prepare_data()  # simulate: null does not train on half a cohort
+    (sim / "cohort.json").write_text(json.dumps(meta))
 
-    real = write_tiny_cohort(tmp_path / "real", n_patients=6)
-    with pytest.raises(CohortError, match=r"real: holds a cohort that the simulator did not make.*simulate: null"):
+    other = SimulationSpec("1000plus", n_patients=7, scale=0.5, seed=3)
+    with pytest.raises(CohortError, match=r"other settings \(n_patients: 6 in cohort.json, 7 in `simulate`; "
+                                          r"seed: 2 in cohort.json, 3 in `simulate`\)"):
+        GANPatchDataModule(cohort_dir=str(sim), simulate=other).prepare_data()
+
+    for typo in (tmp_path / "data" / "simulatd" / "1000plus-tiny", tmp_path / "data" / "simulated" / "1000pls"):
+        with pytest.raises(CohortError, match=r"holds no cohort, and auto-simulation writes only to the default"):
+            GANPatchDataModule(cohort_dir=str(typo), simulate=spec).prepare_data()
+        assert not typo.exists()
+    assert len(calls) == 2
+
+    real = write_tiny_cohort(tmp_path / "data" / "simulated" / "1000plus-mine", n_patients=6)
+    (real / "notes.txt").write_text("mine")
+    with pytest.raises(CohortError, match=r"1000plus-mine: holds files the simulator did not make.*simulate: null"):
         GANPatchDataModule(cohort_dir=str(real), simulate=spec).prepare_data()
+    assert len(calls) == 2 and sorted(p.name for p in real.iterdir())[-1] == "p005"
 
 
 def test_lightning_cli_config_types(repo_root: Path, tmp_path: Path) -> None:
@@ -200,8 +219,9 @@ def test_with_the_real_simulator(tmp_path: Path) -> None:
     sim = pytest.importorskip("simulation.cohort")
     if not hasattr(sim, "simulate_cohort"):
         pytest.skip("simulation.cohort.simulate_cohort not available")
-    dm = _gan(tmp_path / "sim", tmp_path, simulate=SimulationSpec("pegasus", n_patients=6, scale=0.15))
-    assert len(dm.records) == 6 and (tmp_path / "sim" / "cohort.json").is_file()
+    sim = tmp_path / "data" / "simulated" / "pegasus"
+    dm = _gan(sim, tmp_path, simulate=SimulationSpec("pegasus", n_patients=6, scale=0.15))
+    assert len(dm.records) == 6 and json.loads((sim / "cohort.json").read_text())["complete"] is True
     b = next(iter(dm.train_dataloader()))
     assert b["image"].shape == (8, 1, 16, 16) and float(b["image"].min()) == -1.0
     assert (b["label"][:, 0, 8, 8] == 1).any()  # vessel-centred patches present

@@ -114,7 +114,7 @@ def test_domain_extractor_rebuilds_the_net_from_hparams(extractor_ckpt: Path, tm
     assert ext.layer_name == "encoders.2" and ext.num_features == 16
     assert ext.weights_sha256 == hashlib.sha256(extractor_ckpt.read_bytes()).hexdigest()
     net = HalfUNet2D(features=FEATURES)
-    state = torch.load(extractor_ckpt, weights_only=False)["state_dict"]
+    state = torch.load(extractor_ckpt, weights_only=True)["state_dict"]
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
     net.eval()
     x = torch.randn(5, 2, SIZE, SIZE)
@@ -160,7 +160,7 @@ def test_callback_in_fit_logs_finite_scores_and_leaves_the_gan_alone(cohort: Pat
         (k, s) for k in ("val/prd", "val/embedding") for s in (3, 6)}  # per epoch 2 critic + 1 generator steps
     assert all(Path(p).is_file() for _, paths, _ in trainer.logger.images for p in paths)
     # the extractor stays out of the GAN checkpoint
-    saved = torch.load(ckpt_cb.best_model_path, weights_only=False)
+    saved = torch.load(ckpt_cb.best_model_path, weights_only=True)
     assert all(k.startswith(("generator.", "critic.", "grid_noise")) for k in saved["state_dict"])
     assert all(not state for key, state in saved["callbacks"].items() if "GANEvaluationCallback" in key)
     # a further evaluation changes nothing in the GAN and, same weights and seed, repeats the score

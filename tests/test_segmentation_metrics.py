@@ -214,3 +214,15 @@ def test_metric_ddp_two_processes_equals_one(tmp_path):
     assert sorted(r["patient_id"] for r in got["table"]) == sorted(c[0] for c in cases)
     assert got["lonely"]["n_patients"].item() == 1
     assert got["lonely"]["dsc_mean"].item() == pytest.approx(dice(cases[1][1], cases[1][2]))
+
+
+def test_negative_stride_bool_views_are_accepted():
+    """np.flip views of bool masks (negative strides) cannot go to torch.from_numpy as they are."""
+    rng = np.random.default_rng(7)
+    g = _random_mask(rng)
+    p = g ^ (rng.random(g.shape) < 0.15)
+    fp, fg = np.flip(p, axis=0), np.flip(g, axis=(1, 2))
+    assert fp.strides[0] < 0 and fg.dtype == bool
+    want = _ref_hd95(np.ascontiguousarray(fp), np.ascontiguousarray(fg), SPACING)
+    assert hd95(fp, fg, SPACING) == pytest.approx(want, rel=1e-6)
+    assert segmentation_metrics(fp, fg, SPACING)["dsc"] == pytest.approx(_ref_dice(fp.copy(), fg.copy()))

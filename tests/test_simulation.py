@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -157,12 +158,53 @@ def test_simulate_cohort_writes_layout_and_resumes(tmp_path: Path) -> None:
     written = nib.load(str(root / "pegasus-sim-001" / "image.nii.gz")).get_fdata()
     np.testing.assert_allclose(written, ref.image, rtol=1e-6)
 
+    assert meta["complete"] is True
+
     stamp = (root / "pegasus-sim-000" / "image.nii.gz").stat().st_mtime_ns
-    simulate_cohort(str(root), "pegasus", n_patients=3, seed=7, scale=0.2, progress=False)
+    shutil.rmtree(root / "pegasus-sim-001")  # as after a kill during the second patient
+    (root / "cohort.json").write_text(json.dumps({**meta, "complete": False}))
+    simulate_cohort(str(root), "pegasus", n_patients=2, seed=7, scale=0.2, progress=False)
     assert (root / "pegasus-sim-000" / "image.nii.gz").stat().st_mtime_ns == stamp  # kept, not redone
-    assert (root / "pegasus-sim-002" / "label.nii.gz").is_file()
-    with pytest.raises(ValueError, match="cohort.json"):
-        simulate_cohort(str(root), "pegasus", n_patients=3, seed=8, scale=0.2, progress=False)
+    assert (root / "pegasus-sim-001" / "label.nii.gz").is_file()
+    assert json.loads((root / "cohort.json").read_text()) == meta
+
+
+def test_simulate_cohort_records_settings_first_and_refuses_others(tmp_path: Path, monkeypatch) -> None:
+    """cohort.json holds the settings from the first patient on; other settings or a foreign folder are refused."""
+    import simulation.cohort as sim_cohort
+
+    real_patient = sim_cohort.simulate_patient
+    made: list[str] = []
+
+    def dies_on_second(profile, patient_id, seed=0, scale=1.0):
+        if made:
+            raise KeyboardInterrupt  # a kill after the first patient
+        made.append(patient_id)
+        return real_patient(profile, patient_id, seed=seed, scale=scale)
+
+    monkeypatch.setattr(sim_cohort, "simulate_patient", dies_on_second)
+    root = tmp_path / "c"
+    with pytest.raises(KeyboardInterrupt):
+        simulate_cohort(str(root), "pegasus", n_patients=2, seed=7, scale=0.15, progress=False)
+    meta = json.loads((root / "cohort.json").read_text())
+    assert meta["complete"] is False and meta["seed"] == 7 and meta["scale"] == 0.15 and meta["n_patients"] == 2
+    assert meta["patient_ids"] == ["pegasus-sim-000", "pegasus-sim-001"]
+    for kw, key in [(dict(seed=8), "seed"), (dict(scale=0.2), "scale"), (dict(n_patients=3), "n_patients"),
+                    (dict(profile="1000plus"), "profile")]:
+        args = dict(profile="pegasus", n_patients=2, seed=7, scale=0.15) | kw
+        with pytest.raises(ValueError, match=rf"cohort\.json: the cohort there was simulated with other "
+                                             rf"settings \({key}: "):
+            simulate_cohort(str(root), progress=False, **args)
+    assert json.loads((root / "cohort.json").read_text()) == meta  # a refusal changes nothing
+    assert sorted(p.name for p in root.iterdir()) == ["cohort.json", "pegasus-sim-000"]
+
+    mine = tmp_path / "mine"
+    (mine / "P1").mkdir(parents=True)
+    (mine / "P1" / "image.nii.gz").write_bytes(b"not the simulator's")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"mine: not empty and has no cohort\.json"):
+            simulate_cohort(str(mine), "pegasus", n_patients=1, scale=0.15, overwrite=overwrite, progress=False)
+    assert sorted(p.name for p in mine.rglob("*")) == ["P1", "image.nii.gz"]
 
 
 def _ixi_crop() -> tuple[nib.Nifti1Image, np.ndarray]:

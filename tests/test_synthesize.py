@@ -103,3 +103,53 @@ def test_checkpoint_of_a_cli_run(repo_root, tmp_path):
     store = PatchStore(synthesize(str(tmp_path / "cli.ckpt"), str(tmp_path / "s"), n_samples=4, seed=0))
     assert len(store) == 4 and store.manifest["label_encoding"] == "symmetric"
     assert store.manifest["generator"]["class_path"] == "networks.gan2d.Generator2D"
+
+
+def _with_privacy(checkpoint: str, path, privacy: dict) -> str:
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["privacy"] = privacy
+    torch.save(ckpt, path)
+    return str(path)
+
+
+def test_privacy_record_is_copied_or_null(checkpoint, tmp_path):
+    """A DP GAN's `checkpoint["privacy"]` travels into the store; without one the manifest says null (no guarantee)."""
+    plain = PatchStore(synthesize(checkpoint, str(tmp_path / "plain"), n_samples=2, seed=0))
+    assert "privacy" in plain.manifest and plain.manifest["privacy"] is None
+    privacy = {"epsilon": 4.5, "delta": 1e-5, "accountant": "rdp", "noise_multiplier": torch.tensor(1.1)}
+    dp = _with_privacy(checkpoint, tmp_path / "dp.ckpt", privacy)
+    store = PatchStore(synthesize(dp, str(tmp_path / "dp"), n_samples=2, seed=0))
+    assert store.manifest["privacy"] == {"epsilon": 4.5, "delta": 1e-5, "accountant": "rdp",
+                                         "noise_multiplier": pytest.approx(1.1)}
+    assert (store.manifest["label_encoding"], store.manifest["label_threshold"]) == ("binary", 0.8)
+
+
+def test_out_dir_that_is_not_a_store_is_refused_before_generating(checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "table2.csv").write_text("DSC\n0.8\n")
+    calls = []
+    monkeypatch.setattr(WGANGP, "generate", lambda *a, **k: calls.append(1))
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="results: a folder that is not a patch store .*table2.csv"):
+            synthesize(checkpoint, str(out), n_samples=2, overwrite=overwrite)
+    assert calls == [] and (out / "table2.csv").read_text() == "DSC\n0.8\n"
+    assert sorted(p.name for p in out.iterdir()) == ["table2.csv"]
+    monkeypatch.undo()
+    (tmp_path / "empty").mkdir()
+    assert len(PatchStore(synthesize(checkpoint, str(tmp_path / "empty"), n_samples=3))) == 3
+
+
+def test_tofgan_synthesize_overwrite_keeps_unrelated_files(checkpoint, repo_root, tmp_path):
+    """As a user runs it: `--overwrite true` on a folder holding a file of theirs exits non-zero, the file kept."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    proc = subprocess.run([sys.executable, "-c", "import cli; cli.main()", "synthesize", "--checkpoint", checkpoint,
+                           "--out_dir", str(out), "--n_samples", "2", "--overwrite", "true"],
+                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "not a patch store" in proc.stderr and "notes.txt" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"

@@ -95,3 +95,30 @@ def test_real_ixi_labels_fall_in_spec_ranges(path: Path) -> None:
     stats = vessel_statistics(lab, nii.header.get_zooms()[:3])
     for key, (lo, hi) in REAL_RANGES.items():
         assert lo <= stats[key] <= hi, f"{path.name}: {key}={stats[key]:.4f} outside [{lo}, {hi}]"
+
+
+def _old_padded_radii(lab: np.ndarray, spacing) -> np.ndarray:
+    """The former measurement (array border padded with background), kept to show what the fix changes."""
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    crop = np.pad(lab > 0, 1)
+    return ndimage.distance_transform_edt(crop, sampling=spacing)[skeletonize(crop) > 0]
+
+
+def test_border_of_a_patch_is_not_a_vessel_wall() -> None:
+    """A tube cut by the patch border has the radii of the same tube seen whole (2D band and 3D tube)."""
+    spacing2 = (0.5, 0.5)
+    whole = np.zeros((40, 200), np.uint8)
+    whole[15:22, 40:160] = 1  # 7 px wide band, ends inside the image
+    patch = whole[:, 80:110]  # the band crosses the patch: cut by the border at both ends
+    ref = np.percentile(radius_samples_mm(whole, spacing2), [10, 50])
+    np.testing.assert_allclose(np.percentile(radius_samples_mm(patch, spacing2), [10, 50]), ref)
+    assert np.percentile(_old_padded_radii(patch, spacing2), 10) <= ref[0] - 0.2  # the bias this fixes
+
+    spacing3 = (0.5, 0.5, 0.7)
+    tube = _cylinder(1.5, spacing3, (21, 21, 40))  # z 5..34
+    cut = tube[:, :, 10:30]  # tube runs through both z faces of the crop
+    ref3 = np.percentile(radius_samples_mm(tube, spacing3), [10, 50])
+    np.testing.assert_allclose(np.percentile(radius_samples_mm(cut, spacing3), [10, 50]), ref3)
+    assert radius_samples_mm(np.ones((6, 6), np.uint8), spacing2).size == 0  # no wall in view: unknown

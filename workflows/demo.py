@@ -1,8 +1,10 @@
 """`tofgan demo` / `make demo`: the whole main job on the embedded simulated cohort.
 
 simulate cohort → WGAN-GP-SN fit → synthesise pairs → U-Net fit on synthetic and on real patches →
-test both on the real test patients → table + report folder. Every step is a `tofgan` command
-(`cli.main`), so the demo is also the documented recipe for running the same path on your own cohort.
+test both on the real test patients → table + report folder. Skull-stripped as the 2D paper's cohorts
+(`skull_strip: true` in cpu_wgan_gp_sn.yaml and cpu_unet.yaml; GAN and U-Net data must agree).
+Every step is a `tofgan` command (`cli.main`), so the demo is also the documented recipe for running
+the same path on your own cohort.
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ def _write_report(out: Path, rows: list[dict[str, Any]], minutes: float) -> Path
     csvs = sorted(out.glob("runs/gan/version_*/metrics.csv"))
     lines = ["# tofgan demo", "", f"Wall time of the pipeline: {minutes:.1f} min.", "",
              "U-Net tested on the real (simulated) test patients, mean ± SD over patients; HD95 and BAVD in "
-             "mm. `intracranial`: label and prediction masked with the brain mask (SPEC §4). The U-Nets see "
-             "patches from inside the brain only (paper sampling), so false positives outside it lower the "
-             "`all` row.", "", table, ""]  # fmt: skip
+             "mm. `intracranial`: label and prediction masked with the brain mask (SPEC §4). The demo follows "
+             "the 2D paper's skull-stripped protocol (`skull_strip: true` in cpu_*.yaml): image, label and "
+             "prediction are cut to the brain mask, so the `all` and `intracranial` rows agree; unstripped (the 3D "
+             "paper's protocol) false positives outside the brain lower the `all` row.", "", table, ""]  # fmt: skip
     if csvs:
         plot_curves(csvs[-1], ["train/critic_loss", "train/generator_loss", "train/wasserstein",
                                "train/gradient_penalty"], report / "gan_losses.png", "WGAN-GP-SN")  # fmt: skip

@@ -21,7 +21,6 @@ cohort-specific: FIDs are comparable only between runs evaluated with the same e
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
 from networks.feature_extractors import SegmentationEncoderFeatures, sha256_file
@@ -47,20 +45,19 @@ def default_layer_name(net: nn.Module) -> str:
 
 def net_from_checkpoint(checkpoint: str | Path) -> nn.Module:
     """The (untrained) segmentation network described by a SegmentationModule checkpoint's hyper-parameters:
-    a `{"class_path", "init_args"}` dict when LightningCLI built the module, else the pickled module."""
+    the `{"class_path", "init_args"}` dict LightningCLI stores. The file is read as data only and the class
+    path must lie in the suite's packages (`lightning_modules.checkpoints`), checked before any import."""
+    from lightning_modules.checkpoints import load_checkpoint_dict
     from lightning_modules.gan_base import build_network
 
     path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"domain extractor checkpoint {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # trusted project output (hparams)
-    spec = ckpt.get("hyper_parameters", {}).get("net") if isinstance(ckpt, dict) else None
-    if isinstance(spec, nn.Module):
-        return copy.deepcopy(spec)
+    ckpt = load_checkpoint_dict(path, "domain extractor checkpoint (a SegmentationModule checkpoint)")
+    hparams = ckpt.get("hyper_parameters")
+    spec = hparams.get("net") if isinstance(hparams, Mapping) else None
     if isinstance(spec, Mapping) and "class_path" in spec:
         return build_network(dict(spec), "net")
-    raise ValueError(f"domain extractor checkpoint {path}: hyper_parameters hold no 'net' class_path dict or module "
-                     "(not a SegmentationModule checkpoint?)")
+    raise ValueError(f"domain extractor checkpoint {path}: hyper_parameters hold no 'net' class_path dict "
+                     "(not a SegmentationModule checkpoint written by `tofgan fit`?)")
 
 
 def domain_extractor(checkpoint: str, layer_name: str | None = None, channel: int = 0) -> SegmentationEncoderFeatures:

@@ -29,7 +29,10 @@ def run_fragments(run: str, out: Path, group: str | None, select: Select | None 
         {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out / "runs"), "name": run}}]
     if group:
         loggers.append({"class_path": "lightning.pytorch.loggers.WandbLogger",
-                        "init_args": {"project": "tofgan", "save_dir": str(out), "name": run, "group": group}})
+                        # absolute: W&B's service process (shared by every run of this process) resolves a relative
+                        # dir against its own start-up folder, not the current one
+                        "init_args": {"project": "tofgan", "save_dir": str(out.resolve()), "name": run,
+                                      "group": group}})
     trainer: dict[str, Any] = {"logger": loggers}
     if select:
         monitor, mode = ("val/dsc", "max") if select == "best" else ("epoch", "max")

@@ -21,8 +21,6 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 _EPOCH = re.compile(r"(?:^|[-_])epoch=(\d+)")
 _STEP = re.compile(r"(?:^|[-_])step=(\d+)")
 
@@ -78,7 +76,9 @@ def _parse_rule(rule: str) -> tuple[str, str | None]:
 
 def _epoch_of(path: Path) -> int | None:
     """Epoch stored in a checkpoint (memory-mapped: the weights are not read)."""
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("epoch")
+    from lightning_modules.checkpoints import load_checkpoint_dict
+
+    return load_checkpoint_dict(path, "Lightning checkpoint", mmap=True).get("epoch")
 
 
 def select_checkpoint(run_dir: str, rule: str = "last", metrics_csv: str | None = None) -> Path:

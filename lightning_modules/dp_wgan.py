@@ -1,0 +1,407 @@
+"""DP-WGAN of Kossen et al. 2022 (SPEC §3.3) with a valid privacy guarantee, per patch or per patient.
+
+Design and measurements: ../shared/notes/dp-privacy.md (§2 recipe, §3 Lightning, §5 patient level, §9 pitfalls).
+
+One critic step (= one `training_step` on a fresh Poisson batch of the training patients, datamodules.dp_data):
+1. private real term: −D(real) with opacus' per-sample hooks on; at patient level the per-patch rows are
+   averaged per patient (one row per sampled patient); an empty draw gives zero rows (a noise-only step);
+2. public fake term: ∇ mean D(G(z)) with the hooks off, from a FIXED number of fakes (never the realised
+   batch size, which would leak |S| — the parent's step ties them, so it is replaced here);
+3. `PublicGradDPOptimizer.step()`: clip each row to C, sum, add N(0, σ²C²) once, divide by B_exp, add the
+   public term, RMSprop; the accountant's hook takes exactly one step with the sampler's q;
+4. weight clipping ±0.01 (post-processing).
+Every n_critic-th step the parent's generator step runs with the hooks off (no grad_sample is left, the
+accountant does not move). σ = ∞ (`noise_multiplier: .inf`) is the non-private reference row: the same
+sampling and step without clipping or noise (ε = ∞).
+
+Privacy argument (note §2): step t releases Σ_{i∈S_t} clip_C(∇ℓ(x_i)) + N(0, σ²C²) — a sampled Gaussian mechanism
+with sensitivity C under add/remove adjacency of a patch (patch) or of a patient's patches (patient); the fake
+term, G-step and weight clip are post-processing. Nothing computed on the real batch is logged (no real losses,
+realised sizes or clip fractions): only train/fake_score, train/generator_loss and privacy/* (`LOGGED_METRICS`).
+The noise and the Poisson draws use OS entropy unless a seed is given (tests only: a known seed voids the
+guarantee). No CSPRNG (opacus secure_mode needs torchcsprng, unavailable for this torch): stated in the record.
+
+Epoch = `steps_per_epoch` = round(1/q) critic steps (≈ one pass over the patches, or patients); the accountant
+counts critic steps, so ε does not depend on that definition. DDP: the critic step runs in `no_sync` and the
+distributed DP optimiser adds the noise on rank 0 and all-reduces the privatised + public gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+import warnings
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.loggers import WandbLogger
+from opacus import GradSampleModule
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.nn.utils import parametrize
+
+from lightning_modules.dp_accounting import (PublicGradDistributedDPOptimizer, PublicGradDPOptimizer, accountant_steps,
+                                             epsilon_of, epsilon_report, make_accountant, noise_for_target,
+                                             opacus_version, steps_within_budget)  # fmt: skip
+from lightning_modules.wgan import WGANGP, gradient_penalty
+
+#: The only metrics this module logs: public quantities (functions of the released networks and fresh noise) and ε.
+LOGGED_METRICS = ("train/fake_score", "train/generator_loss", "privacy/epsilon", "privacy/accountant_steps",
+                  "privacy/noise_multiplier")  # fmt: skip
+
+
+def check_dp_critic(critic: nn.Module) -> None:
+    """Refuse critics DP-SGD cannot train: BatchNorm (mixes samples), spectral norm (opacus #646), other opacus errors."""
+    for name, m in critic.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"lightning_modules/dp_wgan.py: critic layer {name!r} is BatchNorm, which mixes the samples of a"
+                             " batch, so per-sample gradients (DP-SGD) are undefined; use GroupNorm, InstanceNorm without"
+                             " running statistics, or no normaliser (networks.discriminator2d.DPCritic2D)")  # fmt: skip
+        if parametrize.is_parametrized(m) or hasattr(m, "weight_orig"):
+            raise ValueError(f"lightning_modules/dp_wgan.py: critic layer {name!r} uses spectral norm, which opacus cannot"
+                             " compute per-sample gradients through; use norm 'group', 'instance' or 'none'")  # fmt: skip
+    errors = ModuleValidator.validate(critic, strict=False)
+    if errors:
+        raise ValueError(f"lightning_modules/dp_wgan.py: the critic is not DP-compatible (opacus): {errors}")
+
+
+@contextlib.contextmanager
+def quiet_backward_hooks() -> Iterator[None]:
+    """opacus' full backward hooks stay registered (disabled by a flag); torch warns at every critic backward that
+    the input needs no gradient — true and harmless here, so the warning is silenced for these passes only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        yield
+
+
+class DPWGAN(WGANGP):
+    """Weight-clipped WGAN whose critic is trained with DP-SGD (module docstring).
+
+    Args (beyond `WGANGP`'s; the gradient penalty is off: weight clipping bounds the critic, as in the paper):
+        noise_multiplier: σ; `.inf` = non-private reference; None = from `target_epsilon`.
+        max_grad_norm: C, the per-sample (per-patient) clipping norm.
+        target_epsilon: with noise_multiplier None, σ is chosen so that ε(RDP) = target at the planned number of
+            critic steps (max_epochs × steps per epoch, or max_steps); in both cases training stops hard when
+            one more step would exceed it.
+        delta: δ; None → min(1/N, 1e-3) with N the patches (patch level) or patients (patient level).
+        fake_term: "public" (unclipped ∇ mean D(fake)) or "public_batch_clipped" (rescaled to norm ≤ C).
+        fake_batch_size: fakes per critic step (global, fixed); None → the expected real batch (patches).
+        gradient_penalty: "none" (weight clipping only, the paper) or "per_sample_func" (DP-WGAN-GP: a per-sample
+            penalty inside each clipped row, by torch.func; set weight_clip null with it).
+        penalty_weight: λ of that penalty.
+        prv_alongside: also report the PRV accountant's ε (tighter, labelled; RDP is the guarantee).
+        dp_noise_seed: seed of the DP noise; None = OS entropy. A seed is for tests only (it voids the guarantee).
+        pretrained: a GAN checkpoint trained on PUBLIC data (e.g. the simulated cohort) whose generator and critic
+            weights start a fresh fit (not a resume): DP fine-tuning; the public pre-training costs no privacy.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        critic: nn.Module,
+        generator_optimizer: OptimizerCallable | None = None,
+        critic_optimizer: OptimizerCallable | None = None,
+        latent_dim: int = 128,
+        n_critic: int = 5,
+        weight_clip: float | None = 0.01,
+        noise_multiplier: float | None = 1.0,
+        max_grad_norm: float = 1.0,
+        target_epsilon: float | None = None,
+        delta: float | None = None,
+        fake_term: Literal["public", "public_batch_clipped"] = "public",
+        fake_batch_size: int | None = None,
+        gradient_penalty: Literal["none", "per_sample_func"] = "none",
+        penalty_weight: float = 10.0,
+        prv_alongside: bool = True,
+        dp_noise_seed: int | None = None,
+        pretrained: str | None = None,
+        label_encoding: Literal["symmetric", "binary"] = "symmetric",
+        label_threshold: float | None = None,
+        n_sample_grid: int = 16,
+        sample_seed: int = 0,
+        noise_seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            generator, critic, generator_optimizer, critic_optimizer, latent_dim, n_critic, 0.0, weight_clip,
+            label_encoding, label_threshold, n_sample_grid, sample_seed, noise_seed,
+        )  # fmt: skip
+        check_dp_critic(self.critic)
+        if noise_multiplier is None and target_epsilon is None:
+            raise ValueError("lightning_modules/dp_wgan.py: give noise_multiplier or target_epsilon")
+        if (noise_multiplier is not None and noise_multiplier < 0) or max_grad_norm <= 0:
+            raise ValueError(f"lightning_modules/dp_wgan.py: need noise_multiplier ≥ 0 and max_grad_norm > 0, got"
+                             f" {noise_multiplier}, {max_grad_norm}")  # fmt: skip
+        if fake_term not in ("public", "public_batch_clipped"):
+            raise ValueError(f"lightning_modules/dp_wgan.py: fake_term must be 'public' or 'public_batch_clipped', got {fake_term!r}")
+        self.private = noise_multiplier is None or math.isfinite(noise_multiplier)
+        self.sigma = noise_multiplier
+        self.max_grad_norm, self.target_epsilon, self.delta = max_grad_norm, target_epsilon, delta
+        self.fake_term, self.fake_batch_size, self.prv_alongside = fake_term, fake_batch_size, prv_alongside
+        self.dp_noise_seed, self.pretrained = dp_noise_seed, pretrained
+        if gradient_penalty not in ("none", "per_sample_func") or penalty_weight < 0:
+            raise ValueError(f"lightning_modules/dp_wgan.py: gradient_penalty must be 'none' or 'per_sample_func' and"
+                             f" penalty_weight ≥ 0, got {gradient_penalty!r}, {penalty_weight}")  # fmt: skip
+        self.gradient_penalty, self.penalty_weight = gradient_penalty, penalty_weight
+        self.accountant = make_accountant("rdp")
+        self.sampling: dict[str, Any] = {}
+        self.step_budget: int | None = None
+
+    # ----------------------------------------------------------------- setup
+    @property
+    def gsm(self) -> GradSampleModule:
+        return self.__dict__["_gsm"]
+
+    def _sampling_info(self) -> dict[str, Any]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "privacy_sampling"):
+            raise ValueError("lightning_modules/dp_wgan.py: DPWGAN needs a Poisson-sampling data module with"
+                             " privacy_sampling() (datamodules.dp_data.DPGANPatchDataModule, configs/data/pegasus_dp_gan.yaml)")
+        return datamodule.privacy_sampling()
+
+    def planned_critic_steps(self) -> int:
+        """Critic steps the trainer will run: max_epochs × steps per epoch, capped by max_steps (both optimisers count)."""
+        trainer, per_epoch = self.trainer, self.sampling["steps_per_epoch"]
+        plans = [trainer.max_epochs * per_epoch] if trainer.max_epochs and trainer.max_epochs > 0 else []
+        if trainer.max_steps and trainer.max_steps > 0:
+            plans.append(math.ceil(trainer.max_steps * self.n_critic / (self.n_critic + 1)))
+        if not plans:
+            raise ValueError("lightning_modules/dp_wgan.py: target_epsilon needs trainer.max_epochs or trainer.max_steps")
+        return min(plans)
+
+    def _resolve_privacy(self) -> None:
+        """q, B_exp and δ from the sampler; σ from the target ε; the step budget of the hard stop."""
+        self.sampling = self._sampling_info()
+        if self.delta is None:
+            self.delta = min(1.0 / self.sampling["population"], 1e-3)
+        q = self.sampling["sample_rate"]
+        if self.sigma is None:
+            self.sigma = noise_for_target(self.target_epsilon, self.delta, q, self.planned_critic_steps())
+        if self.private and self.target_epsilon is not None:
+            self.step_budget = steps_within_budget(self.target_epsilon, self.delta, self.sigma, q)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        critic_opt, generator_opt = super().configure_optimizers()
+        self._resolve_privacy()
+        if not self.private:
+            return [critic_opt, generator_opt]
+        if self.gradient_penalty == "none":  # torch.func (the penalty path) cannot pass opacus' backward hooks
+            self.__dict__["_gsm"] = GradSampleModule(self.critic, loss_reduction="mean")  # unregistered: no `_module.` keys
+            self.gsm.disable_hooks()  # on only for the private real pass
+        world = self.trainer.world_size
+        seed = secrets.randbits(63) if self.dp_noise_seed is None else self.dp_noise_seed
+        seed = int(np.random.SeedSequence([seed, accountant_steps(self.accountant.history)]).generate_state(1)[0])
+        cls = PublicGradDistributedDPOptimizer if world > 1 else PublicGradDPOptimizer
+        dp_opt = cls(critic_opt, noise_multiplier=self.sigma, max_grad_norm=self.max_grad_norm,
+                     expected_batch_size=self.sampling["expected_batch_size"] / world, loss_reduction="mean",
+                     generator=torch.Generator(device=self.device).manual_seed(seed))  # fmt: skip
+        dp_opt.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sampling["sample_rate"]))
+        return [dp_opt, generator_opt]
+
+    def on_fit_start(self) -> None:
+        self._check_trainer()
+        if self.pretrained and self.trainer.ckpt_path is None:  # a resume restores its own weights instead
+            state = torch.load(self.pretrained, map_location=self.device, weights_only=True)["state_dict"]
+            nets = {k: v for k, v in state.items() if k.startswith(("generator.", "critic."))}
+            missing, unexpected = self.load_state_dict(nets, strict=False)
+            if unexpected or any(k.startswith(("generator.", "critic.")) for k in missing):
+                raise ValueError(f"{self.pretrained}: pretrained networks do not match this DPWGAN's (missing"
+                                 f" {missing[:3]}, unexpected {unexpected[:3]})")  # fmt: skip
+
+    def _check_trainer(self) -> None:
+        precision = str(self.trainer.precision)
+        if precision.startswith("16"):
+            raise ValueError(f"lightning_modules/dp_wgan.py: precision {precision!r} is refused for DP training: the fp16"
+                             " GradScaler multiplies the per-sample gradients before clipping (unscale_ fixes only p.grad),"
+                             " so every sample is clipped; use '32-true' or 'bf16-mixed'")  # fmt: skip
+        if self.trainer.world_size > 1 and self.trainer._accelerator_connector.use_distributed_sampler:
+            raise ValueError("lightning_modules/dp_wgan.py: set trainer.use_distributed_sampler: false — the DP data module"
+                             " shards the Poisson sampling itself; Lightning's sampler would replace it")  # fmt: skip
+
+    # ----------------------------------------------------------------- training
+    def fake_batch_per_rank(self) -> int:
+        total = self.fake_batch_size or round(self.sampling["expected_batch_size"] * (self.sampling["patches_per_patient"] or 1))
+        return max(1, total // self.trainer.world_size)
+
+    def on_train_epoch_start(self) -> None:
+        """Tell the Poisson batch sampler the epoch (Lightning calls set_epoch only on a loader's `sampler`)."""
+        sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.current_epoch)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        """Hard stop: no critic step beyond the ε budget (returning −1 ends the epoch, should_stop the fit)."""
+        if self.step_budget is not None and accountant_steps(self.accountant.history) >= self.step_budget:
+            self.trainer.should_stop = True
+            return -1
+        return None
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        real = self.encode_real(batch)
+        self._critic_step(real, batch.get("patient"))
+        if self.step_counts["critic"] % self.n_critic == 0:
+            self._generator_step(self.fake_batch_per_rank())  # hooks are off: no grad_sample, no accountant step
+
+    def _critic_step(self, real: torch.Tensor, patients: torch.Tensor | None = None) -> None:  # type: ignore[override]
+        opt = self.optimizers()[0]
+        ddp = self.trainer.model if isinstance(self.trainer.model, nn.parallel.DistributedDataParallel) else None
+        no_sync = ddp.no_sync() if (ddp is not None and self.private) else torch.enable_grad()
+        with no_sync, self.toggled_optimizer(opt):  # the DP optimiser all-reduces the privatised gradient itself
+            opt.zero_grad(set_to_none=True)  # also clears grad_sample / summed_grad
+            fake = self._fake_batch()
+            if self.private:
+                self._private_real_grad(real, patients, fake)
+                fake_score = self._public_fake_grad(fake)
+            else:
+                fake_score = self._nonprivate_grad(real, fake)
+            opt.step()
+            # zeros, not None: under DDP the private backward marked the critic "used" during no_sync, so the next
+            # synced backward (the G-step) all-reduces the critic's grads and needs them defined
+            opt.zero_grad(set_to_none=False)
+        if self.weight_clip is not None:
+            with torch.no_grad():
+                for p in self.critic.parameters():
+                    p.clamp_(-self.weight_clip, self.weight_clip)
+        self.step_counts["critic"] += 1
+        self.log("train/fake_score", fake_score, batch_size=self.fake_batch_per_rank())
+
+    def _private_real_grad(self, real: torch.Tensor, patients: torch.Tensor | None, fake: torch.Tensor) -> None:
+        """grad_sample = per-sample (patch level) or per-patient-mean (patient level) gradients of the real term."""
+        params = [p for p in self.critic.parameters() if p.requires_grad]
+        if real.shape[0] == 0:  # empty Poisson draw: a noise-only step, still counted (never skipped)
+            for p in params:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            return
+        if self.gradient_penalty == "per_sample_func":
+            self._per_sample_penalty_grads(real, fake)
+        else:
+            self.gsm.enable_hooks()
+            try:
+                with quiet_backward_hooks():
+                    self.manual_backward(-self.critic(real).float().mean())  # loss_reduction="mean": rows = per-sample grads
+            finally:
+                self.gsm.disable_hooks()
+        if self.sampling["unit"] == "patient":
+            if patients is None:
+                raise ValueError("lightning_modules/dp_wgan.py: patient-level DP needs batches with 'patient' ids")
+            _, segment = torch.unique(patients.to(real.device), return_inverse=True)
+            counts = torch.bincount(segment).to(params[0].dtype)
+            for p in params:
+                rows = torch.zeros((len(counts), *p.shape), device=p.device, dtype=p.grad_sample.dtype)
+                p.grad_sample = rows.index_add_(0, segment, p.grad_sample) / counts.view(-1, *[1] * p.dim())
+
+    def _per_sample_penalty_grads(self, real: torch.Tensor, fake: torch.Tensor) -> None:
+        """DP-WGAN-GP: rows ∇θ[−D(xᵢ) + λ(‖∇ₓD(x̂ᵢ)‖ − 1)²] by torch.func (opacus hooks cannot do the double backward).
+
+        The penalty touches real_i, so it is inside the clipped row. x̂ᵢ pairs real_i with the public fake i mod B_fake.
+        """
+        names = [n for n, p in self.critic.named_parameters() if p.requires_grad]
+        params = {n: p.detach() for n, p in self.critic.named_parameters() if p.requires_grad}
+        partner = fake.detach().to(real.dtype)[torch.arange(len(real), device=real.device) % len(fake)]
+        eps = torch.rand(len(real), *[1] * (real.dim() - 1), generator=self.step_rng("penalty"), device=real.device)
+
+        def score(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(self.critic, p, (x.unsqueeze(0),)).float().sum()
+
+        def loss(p: dict[str, torch.Tensor], x: torch.Tensor, f: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+            g = torch.func.grad(score, argnums=1)(p, e * x + (1 - e) * f)
+            return -score(p, x) + self.penalty_weight * (torch.sqrt((g.float() ** 2).sum() + 1e-12) - 1) ** 2
+
+        rows = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0, 0), randomness="different")(params, real, partner, eps)
+        for name, p in self.critic.named_parameters():
+            if name in names:
+                p.grad_sample = rows[name].to(p.dtype)
+
+    def _fake_batch(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.generator(self.sample_noise(self.fake_batch_per_rank(), self.step_rng("critic")))
+
+    def _public_fake_grad(self, fake: torch.Tensor) -> torch.Tensor:
+        """p.public_grad = ∇ mean D(fake) (hooks off; fixed fake count), added by the optimiser after the noise."""
+        params = [p for p in self.critic.parameters() if p.requires_grad]
+        score = self.critic(fake).float().mean()
+        with quiet_backward_hooks():
+            grads = torch.autograd.grad(score, params)
+        if self.fake_term == "public_batch_clipped":
+            norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+            grads = tuple(g * min(1.0, self.max_grad_norm / (float(norm) + 1e-12)) for g in grads)
+        for p, g in zip(params, grads):
+            p.public_grad = g
+        return score.detach()
+
+    def _nonprivate_grad(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """σ = ∞ reference: the same step without clipping or noise (−mean D(real) + mean D(fake))."""
+        fake_score = self.critic(fake).float().mean()
+        loss = fake_score - (self.critic(real).float().mean() if real.shape[0] else 0.0)
+        if self.gradient_penalty == "per_sample_func" and real.shape[0]:  # the same penalty, batch-averaged
+            partner = fake[torch.arange(len(real), device=real.device) % len(fake)]
+            eps = torch.rand(len(real), *[1] * (real.dim() - 1), generator=self.step_rng("penalty"), device=real.device)
+            loss = loss + self.penalty_weight * gradient_penalty(self.critic, real, partner, eps.to(real.dtype), self.grad_scaler)
+        self.manual_backward(loss)
+        return fake_score.detach()
+
+    # ----------------------------------------------------------------- privacy record
+    def epsilon(self) -> float:
+        if not self.private:
+            return math.inf
+        return epsilon_of(self.accountant.history, self.delta, "rdp") if self.delta else 0.0
+
+    def on_train_epoch_end(self) -> None:
+        """ε after this epoch (public); the σ = ∞ reference logs nothing here (its ε is ∞ by construction)."""
+        if self.private:
+            self.log_dict({"privacy/epsilon": self.epsilon(), "privacy/noise_multiplier": float(self.sigma),
+                           "privacy/accountant_steps": float(accountant_steps(self.accountant.history))})
+
+    def privacy_report(self) -> dict[str, Any]:
+        """What the guarantee is and how it was computed (note §4): for the manifest, checkpoint and synthetic stores."""
+        history = [list(h) for h in self.accountant.history]
+        s = self.sampling
+        record: dict[str, Any] = {
+            "unit": s.get("unit"), "adjacency": "add/remove one " + (s.get("unit") or "record"), "private": self.private,
+            "noise_multiplier": self.sigma, "max_grad_norm": self.max_grad_norm, "sampling": s.get("sampling"),
+            "sample_rate": s.get("sample_rate"), "expected_batch_size": s.get("expected_batch_size"),
+            "population": s.get("population"), "patches_per_patient": s.get("patches_per_patient"),
+            "steps": accountant_steps(self.accountant.history), "steps_per_epoch": s.get("steps_per_epoch"),
+            "epoch_definition": "round(1/q) critic steps; ε counts critic steps, one per real-data critic update",
+            "delta": self.delta, "accountant": "rdp (guarantee); prv alongside, labelled", "history": history,
+            "target_epsilon": self.target_epsilon, "step_budget": self.step_budget, "n_critic": self.n_critic,
+            "fake_term": self.fake_term, "gradient_penalty": self.gradient_penalty, "fake_batch_size": self.fake_batch_size, "weight_clip": self.weight_clip,
+            "opacus_version": opacus_version(), "secure_mode": False,
+            "rng": "os-entropy" if self.dp_noise_seed is None else "seeded (testing only: a known seed voids the guarantee)",
+            "pretrained_on_public_data": self.pretrained,
+            "selection_note": "epoch/model selection on private validation patients is outside the guarantee unless they are public",
+        }  # fmt: skip
+        if not self.private:
+            return {**record, "epsilon": math.inf, "epsilon_prv": math.inf, "prv_note": "non-private (σ = ∞)"}
+        record.update(epsilon_report(self.accountant.history, self.delta or 1e-5, self.prv_alongside))
+        if s.get("unit") == "patient" and self.delta != 1e-5:
+            record["epsilon_at_delta_1e-5"] = epsilon_of(self.accountant.history, 1e-5, "rdp")
+        return record
+
+    def manifest_extras(self) -> dict[str, Any]:
+        return {"privacy": self.privacy_report()}
+
+    def on_fit_end(self) -> None:
+        """ε in the W&B summary (the run manifest and checkpoints carry the full record)."""
+        if self.global_rank != 0:
+            return
+        report = self.privacy_report()
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update({f"privacy/{k}": report[k] for k in ("epsilon", "epsilon_prv", "delta",
+                                                  "noise_multiplier", "sample_rate", "steps", "unit")})  # fmt: skip
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["privacy"] = self.privacy_report()
+        checkpoint["dp_accountant"] = {"history": [list(h) for h in self.accountant.history], "sigma": self.sigma}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("dp_accountant")
+        if saved is not None:  # a resumed run continues the count (and keeps a σ chosen from a target ε)
+            self.accountant.history = [tuple(h) for h in saved["history"]]
+            self.sigma = saved["sigma"] if self.sigma is None else self.sigma

@@ -1,0 +1,268 @@
+"""`tofgan dp-sweep`: the DP paper's figure (DSC vs ε, Kossen et al. 2022) with valid accounting, per patch and per patient.
+
+For every row — a DP-WGAN at a σ or a target ε, per patch or per patient, from scratch or fine-tuned from a GAN
+pre-trained on a public (simulated) cohort — the GAN is fitted once; its last `candidates` epoch snapshots are each
+synthesised and used to train the U-Net (synthetic only), and the snapshot whose U-Net has the best validation
+DSC is the row's model ("selected per model over epochs by downstream utility"). That U-Net is tested on the real
+test patients. Reference rows: the U-Net on real data and the non-private GAN (σ = ∞).
+
+Selection uses the validation patients: it spends nothing on the training patients (every snapshot is covered by
+the accountant's composition), but it is outside the guarantee for the validation patients unless they are public.
+Each trained model is one release; picking among σ rows on private data would cost extra (Papernot & Steinke 2022).
+
+Resumable: `out_dir/compare_state.json` (workflows.compare.Ledger) records every finished step. Outputs: dp_sweep.csv,
+README.md (table), dp_sweep.png (DSC vs ε, patch and patient level in one figure), runs/, synthetic/.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workflows.compare import Ledger, fit_gan, unet_data_args
+from workflows.compare_report import slug
+from workflows.grid_search import Select, run_fit, run_test
+
+VESSELS = ("intracranial", "all")
+
+
+def sweep_rows(patch_epsilons: list[float], patch_sigmas: list[float], patient_epsilons: list[float],
+               pretrained_epsilons: list[float], non_dp: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """{name, unit, pretrained, sigma, target_epsilon} of every GAN row, in figure order."""
+    rows: list[dict[str, Any]] = []
+    if non_dp:
+        rows.append({"name": "non-DP (σ=∞)", "unit": "patch", "pretrained": False, "sigma": math.inf, "target_epsilon": None})
+    rows += [{"name": f"patch σ={s:g}", "unit": "patch", "pretrained": False, "sigma": s, "target_epsilon": None} for s in patch_sigmas]
+    rows += [{"name": f"patch ε={e:g}", "unit": "patch", "pretrained": False, "sigma": None, "target_epsilon": e} for e in patch_epsilons]
+    rows += [{"name": f"patient ε={e:g}", "unit": "patient", "pretrained": False, "sigma": None, "target_epsilon": e}
+             for e in patient_epsilons]  # fmt: skip
+    rows += [{"name": f"patient ε={e:g} pretrained", "unit": "patient", "pretrained": True, "sigma": None, "target_epsilon": e}
+             for e in pretrained_epsilons]  # fmt: skip
+    return rows
+
+
+def privacy_args(row: dict[str, Any], pretrained: str | None) -> list[str]:
+    sigma = row["sigma"]
+    args = ["--model.init_args.noise_multiplier", "null" if sigma is None else (".inf" if math.isinf(sigma) else str(sigma))]
+    if row["target_epsilon"] is not None:
+        args += ["--model.init_args.target_epsilon", str(row["target_epsilon"])]
+    return args + (["--model.init_args.pretrained", pretrained] if row["pretrained"] and pretrained else [])
+
+
+def snapshots(run_dir: str, candidates: int) -> list[Path]:
+    """The last `candidates` weights-only epoch snapshots (configs/trainer/cpu.yaml: checkpoints/epoch=N.ckpt)."""
+    found = sorted(Path(run_dir).glob("checkpoints/epoch=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
+    if not found:
+        raise FileNotFoundError(f"{run_dir}/checkpoints: no epoch=N.ckpt snapshots to select from")
+    return found[-candidates:]
+
+
+def snapshot_privacy(ckpt: Path) -> dict[str, Any]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True).get("privacy") or {}
+
+
+def select_snapshot(ctx: dict[str, Any], name: str, gan: dict[str, Any]) -> dict[str, Any]:
+    """Synthesise each candidate, train a U-Net on it, keep the candidate with the best validation DSC."""
+    from workflows.synthesize import synthesize
+
+    best: dict[str, Any] | None = None
+    for ckpt in snapshots(gan["run_dir"], ctx["candidates"]):
+        key = f"cand/{slug(name)}/{ckpt.stem}"
+        cand = ctx["ledger"].get(key)
+        if cand is None:
+            store = synthesize(str(ckpt), str(ctx["out"] / "synthetic" / slug(name) / ckpt.stem), n_samples=ctx["n_synthetic"],
+                               seed=ctx["seed"], overwrite=True)  # fmt: skip
+            run = f"unet-{slug(name)}-{ckpt.stem.replace('=', '')}"
+            fit = run_fit(ctx["unet"], run, ctx["out"], [*ctx["unet_args"], *unet_data_args("synthetic", str(store))],
+                          ctx["group"], ctx["select"])  # fmt: skip
+            cand = ctx["ledger"].record(key, {"gan_checkpoint": str(ckpt), "store": str(store), "run": run,
+                                              "unet_checkpoint": str(fit.checkpoint), "val_dsc": fit.score,
+                                              "privacy": snapshot_privacy(ckpt)})  # fmt: skip
+        if best is None or (cand["val_dsc"] or -1) > (best["val_dsc"] or -1):
+            best = cand
+    assert best is not None
+    return best
+
+
+def test_unet(ctx: dict[str, Any], run: str, ckpt: str, args: list[str]) -> dict[str, Any]:
+    report = ctx["out"] / "runs" / run / "test"
+    return run_test(ctx["unet"], f"{run}-test", Path(ckpt), ctx["out"], report, [*args, "--data.init_args.test_split", "test"],
+                    ctx["group"], False)  # fmt: skip
+
+
+def result(name: str, row: dict[str, Any], summary: dict[str, Any], privacy: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = {"row": name, "unit": row.get("unit"), "pretrained": row.get("pretrained"), "sigma": privacy.get("noise_multiplier", row.get("sigma")),
+           "target_epsilon": row.get("target_epsilon"), "epsilon": privacy.get("epsilon"), "epsilon_prv": privacy.get("epsilon_prv"),
+           "delta": privacy.get("delta"), "steps": privacy.get("steps"), "sample_rate": privacy.get("sample_rate"), **extra}  # fmt: skip
+    for v in VESSELS:
+        res = summary["results"].get(v, {})
+        out[f"dsc_{v}_mean"], out[f"dsc_{v}_std"] = res.get("dsc_mean"), res.get("dsc_std")
+    return out
+
+
+def write_outputs(out: Path, rows: list[dict[str, Any]]) -> Path:
+    """dp_sweep.csv, README.md (table with the utility ratio to real data) and dp_sweep.png."""
+    real = next((r for r in rows if r["row"] == "real"), None)
+    for r in rows:
+        ref = real and real.get("dsc_intracranial_mean")
+        r["utility_ratio"] = (r["dsc_intracranial_mean"] / ref) if ref and r.get("dsc_intracranial_mean") is not None else None
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = out / "dp_sweep.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out / "dp_sweep.csv")
+    fmt = lambda v: "—" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))  # noqa: E731
+    cols = ["row", "unit", "sigma", "epsilon", "epsilon_prv", "delta", "steps", "gan_epoch", "dsc_intracranial_mean",
+            "dsc_intracranial_std", "dsc_all_mean", "utility_ratio"]  # fmt: skip
+    lines = ["# DP-WGAN ε sweep", "", "ε: RDP (the guarantee) of the selected snapshot; PRV alongside. DSC: U-Net trained on the "
+             "synthetic pairs only, tested on the real test patients. Selection on validation patients (outside the "
+             "guarantee unless public).", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]  # fmt: skip
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    (out / "README.md").write_text("\n".join(lines) + "\n\n![DSC vs ε](dp_sweep.png)\n")
+    plot(rows, out / "dp_sweep.png")
+    return out
+
+
+def plot(rows: list[dict[str, Any]], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series = {("patch", False): "patch level", ("patient", False): "patient level",
+              ("patient", True): "patient level, public pre-training", ("patch", True): "patch level, public pre-training"}  # fmt: skip
+    for (unit, pre), label in series.items():
+        pts = sorted((r["epsilon"], r["dsc_intracranial_mean"]) for r in rows if r.get("unit") == unit and r.get("pretrained") == pre
+                     and r.get("epsilon") is not None and math.isfinite(r["epsilon"]) and r.get("dsc_intracranial_mean") is not None)  # fmt: skip
+        if pts:
+            ax.plot(*zip(*pts), "o-", label=label)
+    for name, style in (("real", "k--"), ("non-DP (σ=∞)", "k:"), ("public only (ε=0)", "k-.")):
+        ref = next((r for r in rows if r["row"] == name and r.get("dsc_intracranial_mean") is not None), None)
+        if ref:
+            ax.axhline(ref["dsc_intracranial_mean"], ls=style[1:], color="k", label=f"{name}: {ref['dsc_intracranial_mean']:.2f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (RDP, at the run's δ)")
+    ax.set_ylabel("test DSC (intracranial)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def dp_sweep(
+    out_dir: str = "outputs/dp_sweep",
+    experiment: str = "cpu_dp_wgan.yaml",
+    patient_experiment: str = "cpu_dp_wgan_patient.yaml",
+    pretrain_experiment: str = "cpu_dp_wgan_public_pretrain.yaml",
+    unet: str = "cpu_unet.yaml",
+    patch_epsilons: list[float] = [1.0, 3.0, 7.0],  # noqa: B006 - read only
+    patch_sigmas: list[float] = [],  # noqa: B006
+    patient_epsilons: list[float] = [7.0, 30.0],  # noqa: B006
+    pretrained_epsilons: list[float] = [7.0, 30.0],  # noqa: B006
+    non_dp: bool = True,
+    public_only: bool = True,
+    candidates: int = 2,
+    n_synthetic: int = 2000,
+    select: Select = "best",
+    seed: int = 0,
+    gan_args: list[str] | None = None,
+    unet_args: list[str] | None = None,
+    group: str | None = None,
+    wandb: bool = True,
+    resume: bool = True,
+) -> Path:
+    """Runs the ε sweep and returns the folder holding README.md, dp_sweep.csv and dp_sweep.png.
+
+    Args:
+        out_dir: runs, synthetic stores, state file and report.
+        experiment, patient_experiment: DP-WGAN experiments (patch level, patient level) on the private cohort.
+            Paper scale: kossen2022_dp_wgan_sigma1.yaml (its σ is replaced per row) with kossen2021_unet.yaml.
+        pretrain_experiment: non-private GAN on a PUBLIC (simulated) cohort whose last checkpoint starts the
+            "pretrained" rows (same networks as `experiment`).
+        unet: U-Net experiment on the private cohort (same cohort, split and patch size as the GANs).
+        patch_epsilons, patient_epsilons, pretrained_epsilons: target ε of the rows (σ chosen for the planned steps,
+            training stops at the budget); patch_sigmas: patch-level rows at a fixed σ (the paper's list).
+        non_dp: add the σ = ∞ reference row.
+        public_only: with pretrained rows, add the pre-trained GAN itself (never saw the private cohort: ε = 0).
+        candidates: last epoch snapshots of each GAN tried by downstream utility.
+        n_synthetic: synthetic pairs per candidate.
+        select: "best" or "last" epoch of each U-Net.
+        seed: `--seed_everything` of every run and the synthesis seed.
+        gan_args, unet_args: more CLI arguments for every GAN / U-Net run.
+        group: W&B group of every run (default "dp-sweep-" + the out_dir name); wandb: False for CSV logs only.
+        resume: skip the steps the state file records as finished.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = sweep_rows(patch_epsilons, patch_sigmas, patient_epsilons, pretrained_epsilons, non_dp)
+    settings = {"experiment": experiment, "patient_experiment": patient_experiment, "pretrain_experiment": pretrain_experiment,
+                "unet": unet, "candidates": candidates, "n_synthetic": n_synthetic, "select": select, "seed": seed,
+                "gan_args": gan_args or [], "unet_args": unet_args or []}  # fmt: skip
+    ledger = Ledger(out, settings, resume)
+    seed_args = ["--seed_everything", str(seed)]
+    ctx = {"out": out, "ledger": ledger, "group": (group or f"dp-sweep-{out.name}") if wandb else None, "unet": unet,
+           "unet_args": [*seed_args, *(unet_args or [])], "candidates": candidates, "n_synthetic": n_synthetic,
+           "select": select, "seed": seed}  # fmt: skip
+    results = [real_row(ctx)]
+    pretrained = pretrain(ctx, pretrain_experiment, [*seed_args, *(gan_args or [])]) if any(r["pretrained"] for r in rows) else None
+    if pretrained and public_only:
+        results.append(public_row(ctx))
+    for i, row in enumerate(rows, 1):
+        print(f"[dp-sweep {i}/{len(rows)}] {row['name']}", flush=True)
+        results.append(sweep_row(ctx, row, experiment if row["unit"] == "patch" else patient_experiment, pretrained,
+                                 [*seed_args, *(gan_args or [])]))  # fmt: skip
+        write_outputs(out, list(results))
+    return write_outputs(out, results)
+
+
+def real_row(ctx: dict[str, Any]) -> dict[str, Any]:
+    done = ctx["ledger"].get("row/real")
+    if done is None:
+        fit = run_fit(ctx["unet"], "unet-real", ctx["out"], ctx["unet_args"], ctx["group"], ctx["select"])
+        summary = test_unet(ctx, "unet-real", str(fit.checkpoint), ctx["unet_args"])
+        done = ctx["ledger"].record("row/real", result("real", {"unit": None}, summary, {"epsilon": None}, {"val_dsc": fit.score}))
+    return done
+
+
+def pretrain(ctx: dict[str, Any], experiment: str, args: list[str]) -> str:
+    done = ctx["ledger"].get("pretrain")
+    if done is None:
+        gan = fit_gan("public-pretrain", experiment, ctx["out"], args, ctx["group"], "last")
+        done = ctx["ledger"].record("pretrain", gan)
+    return done["checkpoint"]
+
+
+def public_row(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The public pre-trained GAN, selected and evaluated like every row: no private data touched, ε = 0."""
+    done = ctx["ledger"].get("row/public-only")
+    if done is None:
+        best = select_snapshot(ctx, "public-only", ctx["ledger"].get("pretrain"))
+        summary = test_unet(ctx, best["run"], best["unet_checkpoint"], [*ctx["unet_args"], *unet_data_args("synthetic", best["store"])])
+        row = {"unit": None, "pretrained": True, "sigma": None, "target_epsilon": None}
+        extra = {"gan_epoch": Path(best["gan_checkpoint"]).stem, "val_dsc": best["val_dsc"]}
+        done = ctx["ledger"].record("row/public-only", result("public only (ε=0)", row, summary,
+                                                              {"epsilon": 0.0, "steps": 0, "noise_multiplier": None}, extra))
+    return done
+
+
+def sweep_row(ctx: dict[str, Any], row: dict[str, Any], experiment: str, pretrained: str | None, args: list[str]) -> dict[str, Any]:
+    key = f"row/{slug(row['name'])}"
+    done = ctx["ledger"].get(key)
+    if done is not None:
+        return done
+    started = time.time()
+    gan_key = f"gan/{slug(row['name'])}"
+    gan = ctx["ledger"].get(gan_key) or ctx["ledger"].record(
+        gan_key, fit_gan(row["name"], experiment, ctx["out"], [*args, *privacy_args(row, pretrained)], ctx["group"], "last"))
+    best = select_snapshot(ctx, row["name"], gan)
+    summary = test_unet(ctx, best["run"], best["unet_checkpoint"], [*ctx["unet_args"], *unet_data_args("synthetic", best["store"])])
+    extra = {"gan_epoch": Path(best["gan_checkpoint"]).stem, "val_dsc": best["val_dsc"], "minutes": (time.time() - started) / 60}
+    return ctx["ledger"].record(key, result(row["name"], row, summary, best["privacy"], extra))
