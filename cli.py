@@ -44,6 +44,7 @@ TOOL_DESCRIPTIONS = {
     "audit": "membership-inference audit of a GAN checkpoint (train vs test patients): ROC, AUC, TPR at low FPR",
     "export": "write a synthetic store as a shareable NIfTI/npz dataset with checksums and a dataset card",
     "realism": "measure how TOF-like a cohort looks (noise, texture, contrast, blur, oracle threshold DSC)",
+    "dp-sweep": "DP-WGAN privacy/utility sweep: per σ or target ε, train, select, synthesize, U-Net, DSC vs ε",
 }
 #: Packages whose classes `tofgan fit --help` lists as known models / data modules (and configs may name by class).
 SUITE_PACKAGES = ("lightning_modules", "datamodules")
@@ -59,6 +60,7 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
     from simulation.render import render_tof_nifti
     from workflows.demo import run_demo
     from workflows.domain_extractor import train_domain_extractor
+    from workflows.dp_sweep import dp_sweep
     from workflows.grid_search import grid_search
     from workflows.select_checkpoint import select_checkpoint
     from workflows.synthesize import synthesize
@@ -77,6 +79,7 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
         "audit": audit,
         "export": export,
         "realism": realism_report,
+        "dp-sweep": dp_sweep,
     }
 
 

@@ -16,9 +16,13 @@ movement along each canary's own clipped-gradient direction.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.stats
@@ -187,18 +191,48 @@ def audit_dp_step(
                              **kwargs)  # type: ignore[arg-type]
 
 
-def write_canary_set(path: str, m: int, patch_size: Sequence[int], seed: int = 0) -> dict[str, int]:
-    """Canary patches for the GAN-level audit (`tofgan audit --canaries`): random-texture images in [-1, 1] with
-    sparse random labels, each marked for inclusion with probability ½ (npz: images, labels, included).
+def write_canary_set(path: str, n_canaries: int, patch_size: list[int], seed: int = 0) -> dict[str, object]:
+    """Write canary patches for the GAN-level one-run DP audit (train with them, then `tofgan audit --canaries`).
 
-    The training side must add the included ones to the training patches (a data-module option, not yet in the
-    suite); the audit then scores all m by their distance to the synthetic set.
+    m = n_canaries random-texture images in [-1, 1] with sparse random labels, each marked "included" with
+    probability ½ (npz: images (m,1,…) f32, labels (m,1,…) u8, included (m,) bool). Written to a temporary file and
+    renamed: no partial canary file is left behind.
+
+    The whole audit (the canary file is private: whoever knows which canaries were included can fake the audit):
+      1. write the canaries: this function, `tofgan canaries --path F --n_canaries 1000 --patch_size [96,96]`;
+      2. train with them: `tofgan fit ... --data.init_args.canaries F` (`GANPatchDataModule` adds the included
+         ones to the training loader; the DP data module adds each as its own Poisson unit, so q and δ count them);
+      3. `tofgan audit --checkpoint C --canaries F`: every canary scored by its distance to the synthetic set,
+         the ε lower bound against the checkpoint's claimed ε (audit.json "canary_audit").
+
+    Args:
+        path: output .npz file (replaced if present).
+        n_canaries: number of canaries m; the bound needs a few hundred (guesses k ≤ m/2 for k in 10…300), and
+            each included canary is one extra training record, so keep m small against the training patches.
+        patch_size: the GAN data's patch_size ([H, W] or [H, W, D]).
+        seed: seed of the textures, labels and inclusion draw.
+
+    Returns:
+        {"path", "sha256", "canaries": m, "included": number marked included}.
     """
+    m = n_canaries
+    if m < 2 or len(patch_size) not in (2, 3) or min(patch_size) < 1:
+        raise ValueError(f"{path}: need m ≥ 2 canaries and a patch_size of 2 or 3 positive entries, got m={m},"
+                         f" patch_size={list(patch_size)}")
     rng = np.random.default_rng(seed)
     shape = (m, 1, *[int(s) for s in patch_size])
     images = rng.uniform(-1, 1, shape).astype(np.float32)
     labels = (rng.random(shape) < 0.05).astype(np.uint8)
     included = rng.random(m) < 0.5
-    with open(path, "wb") as f:
-        np.savez_compressed(f, images=images, labels=labels, included=included)
-    return {"canaries": m, "included": int(included.sum())}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, images=images, labels=labels, included=included)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    sha = hashlib.sha256(out.read_bytes()).hexdigest()
+    return {"path": str(out), "sha256": sha, "canaries": m, "included": int(included.sum())}

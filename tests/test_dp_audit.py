@@ -5,41 +5,18 @@ against gross implementation errors (missing/wrong noise, unclipped paths), not 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
-import scipy.stats
 import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
 
 from datamodules.dp_data import PoissonBatchSampler
 from lightning_modules.dp_accounting import PublicGradDPOptimizer
+from metrics.dp_audit import epsilon_from_guesses  # the bound itself is tested in test_dp_audit_canaries.py
 
 pytestmark = pytest.mark.slow
 KS = (10, 25, 50, 100, 200, 300)
-
-
-def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
-    """P-value of v correct guesses out of r under (ε, δ)-DP (the paper's Appendix D bound)."""
-    q = 1 / (1 + math.exp(-eps))
-    beta = scipy.stats.binom.sf(v - 1, r, q)
-    alpha, total = 0.0, 0.0
-    for i in range(1, v + 1):
-        total += scipy.stats.binom.pmf(v - i, r, q)
-        alpha = max(alpha, total / i)
-    return min(beta + alpha * delta * 2 * m, 1.0)
-
-
-def eps_lower_bound(m: int, r: int, v: int, delta: float, p: float) -> float:
-    lo, hi = 0.0, 1.0
-    while p_value(m, r, v, hi, delta) < p:
-        hi += 1
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if p_value(m, r, v, mid, delta) < p else (lo, mid)
-    return lo
 
 
 def audit(sigma: float, q: float, steps: int, sigma_impl: float, m: int = 1000, n0: int = 500, d0: int = 50) -> tuple[float, float]:
@@ -69,7 +46,7 @@ def audit(sigma: float, q: float, steps: int, sigma_impl: float, m: int = 1000, 
     claimed.history = [(sigma, q, accountant.history[0][2])]
     scores = model.weight.detach()[0, d0:].numpy()
     order = np.argsort(scores)
-    best = max(eps_lower_bound(m, 2 * k, int(inc[order[-k:]].sum() + (~inc[order[:k]]).sum()), 1e-5, 0.05 / len(KS))
+    best = max(epsilon_from_guesses(m, 2 * k, int(inc[order[-k:]].sum() + (~inc[order[:k]]).sum()), 1e-5, 0.05 / len(KS))
                for k in KS)  # fmt: skip
     return claimed.get_epsilon(1e-5), best
 

@@ -13,7 +13,8 @@ extractor's embedding; the critic score (white-box) runs when the checkpoint hol
 calibrated by a reference run: the same attacks with real held-out patients in place of the synthetic set
 (half of the validation patients stand in for it, the other half stays the reference), or with the samples of
 a generator trained on other patients (`reference_store`). For DP generators the (ε, δ) region is drawn on
-the ROC. Optionally (`canaries`) the GAN-level one-run DP audit (`metrics.dp_audit`) scores canary patches.
+the ROC. Optionally (`canaries`) the GAN-level one-run DP audit (`metrics.dp_audit`) scores the canary patches
+the run trained with (`--data.init_args.canaries`; the steps are in `audit`'s docstring).
 
 Outputs in `out_dir`: audit.json, audit.md, roc.png, nearest_neighbours.png (+ a W&B run, job_type "audit").
 The checkpoint is read as data only (`lightning_modules.checkpoints`, as `workflows.synthesize` loads it).
@@ -184,18 +185,44 @@ def run_attacks(spaces: dict[str, dict[str, torch.Tensor]], synthetic: str, refe
     return results
 
 
-def canary_audit(canaries: str, synthetic: dict[str, Any], privacy: dict[str, Any] | None) -> dict[str, Any]:
-    """GAN-level one-run audit: canary patches (npz: images, labels, included) scored by −distance to the nearest
-    synthetic sample; ε lower bound against the claimed ε (∞ without a guarantee)."""
+def trained_canaries(config: Path, canaries: str) -> dict[str, Any] | None:
+    """The canary record (file, sha256, counts) of the run's manifest, checked against the `canaries` file before
+    any attack runs; None when the run has no manifest (nothing to check). Raises when the manifest shows the run
+    trained without canaries or with another file (the bound would be meaningless)."""
+    from networks.feature_extractors import sha256_file
+
+    manifest = config.parent / "run_manifest.json"
+    if not manifest.is_file():
+        return None
+    record = json.loads(manifest.read_text()).get("data", {}).get("canaries")
+    if record is None:
+        raise ValueError(f"{manifest}: this run trained without canaries (no data.canaries record); train with"
+                         " --data.init_args.canaries <file> to audit with them")
+    sha = sha256_file(Path(canaries))
+    if record.get("sha256") != sha:
+        raise ValueError(f"{canaries}: sha256 {sha[:12]}… is not the canary file the run trained with"
+                         f" ({record.get('file')}, {str(record.get('sha256'))[:12]}…, {manifest})")
+    return record
+
+
+def canary_audit(canaries: str, synthetic: dict[str, Any], privacy: dict[str, Any] | None, normalization: str = "none",
+                 trained: dict[str, Any] | None = None) -> dict[str, Any]:
+    """GAN-level one-run audit: canary patches (npz: images, labels, included), normalised as the training loader
+    normalised them, scored by −distance to the nearest synthetic sample; ε lower bound against the claimed ε (∞
+    without a guarantee). `trained`: the run manifest's canary record (`trained_canaries`), None if unchecked."""
+    from datamodules.gan_data import CanaryPatches
     from metrics.dp_audit import epsilon_lower_bound
     from metrics.membership import distance_summary
 
-    with np.load(canaries) as data:
-        images, labels, included = data["images"], data["labels"], data["included"].astype(bool)
+    patches = CanaryPatches(canaries, normalization, only_included=False)  # type: ignore[arg-type]
+    items = [patches[i] for i in range(len(patches))]
+    images, labels = torch.stack([it["image"] for it in items]), torch.stack([it["label"] for it in items])
     d, _ = distance_summary(pixel_features(images, labels), pixel_features(synthetic["images"], synthetic["labels"]))
     claimed = float(privacy["epsilon"]) if privacy and privacy.get("epsilon") is not None else float("inf")
     delta = float(privacy.get("delta", 1e-5)) if privacy else 1e-5
-    return epsilon_lower_bound(-d, included, claimed, delta).to_dict()
+    result = epsilon_lower_bound(-d, patches.included, claimed, delta).to_dict()
+    return {**result, "canaries_sha256": patches.sha256,
+            "checked_against_run_manifest": trained is not None, "score": "-distance to the nearest synthetic pair (pixels)"}
 
 
 # ----------------------------------------------------------------------------- the tool
@@ -232,8 +259,15 @@ def audit(
         critic: run the white-box critic-score attack (the checkpoint holds the critic).
         reference_store: synthetic store of a generator trained on other patients, for the chance-level
             reference run; default: real held-out patients (half the validation patients) stand in.
-        canaries: npz (images, labels, included) of canary patches inserted into training, each with probability
-            ½: adds the one-run ε lower bound (`metrics.dp_audit`).
+        canaries: the canary file the run trained with (npz: images, labels, included): adds the one-run ε lower
+            bound (`metrics.dp_audit`, Steinke et al. 2023) as "canary_audit". The whole procedure:
+            1. `metrics.dp_audit.write_canary_set` writes the file (`tofgan canaries --path F --n_canaries 1000
+               --patch_size [96,96]`), each canary marked "included" with probability ½; keep it private;
+            2. `tofgan fit ... --data.init_args.canaries F` trains with the included ones (the DP data module
+               counts each as a Poisson unit: q and the default δ use N + included); the run manifest records the
+               file's sha256 and counts;
+            3. `tofgan audit --checkpoint C --canaries F`: refused when the run manifest records another file or
+               no canaries. The bound exceeds the claimed ε only if the DP implementation is broken (violation).
         n_boot: bootstrap resamples (patient-cluster) per CI.
         seed: seed of subsampling, generation and bootstrap.
         batch_size: batch of generation / critic / extractor passes.
@@ -247,6 +281,7 @@ def audit(
     sha = sha256_file(ckpt)
     model, privacy = load_gan(ckpt, dev)
     config = run_config(ckpt, data_config)
+    trained = trained_canaries(config, canaries) if canaries is not None else None  # refuse early, before the attacks
     dm = build_datamodule(config, data_overrides)
     sets = {name: split_patches(dm, split, max_patches_per_patient, seed)
             for name, split in (("members", "train"), ("nonmembers", "test"), ("reference", "val"))}
@@ -299,6 +334,6 @@ def audit(
     }
     report["leakage"] = leakage_summary(results, reference)
     if canaries is not None:
-        report["canary_audit"] = canary_audit(canaries, sets["synthetic"], privacy)
+        report["canary_audit"] = canary_audit(canaries, sets["synthetic"], privacy, dm.normalization, trained)
     write_outputs(report, sets, spaces["pixels"], out, wandb)
     return out

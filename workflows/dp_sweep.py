@@ -183,21 +183,26 @@ def dp_sweep(
 
     Args:
         out_dir: runs, synthetic stores, state file and report.
-        experiment, patient_experiment: DP-WGAN experiments (patch level, patient level) on the private cohort.
-            Paper scale: kossen2022_dp_wgan_sigma1.yaml (its σ is replaced per row) with kossen2021_unet.yaml.
+        experiment: DP-WGAN experiment at patch level on the private cohort. Paper scale:
+            kossen2022_dp_wgan_sigma1.yaml (its σ is replaced per row) with kossen2021_unet.yaml.
+        patient_experiment: DP-WGAN experiment at patient level on the private cohort.
         pretrain_experiment: non-private GAN on a PUBLIC (simulated) cohort whose last checkpoint starts the
             "pretrained" rows (same networks as `experiment`).
         unet: U-Net experiment on the private cohort (same cohort, split and patch size as the GANs).
-        patch_epsilons, patient_epsilons, pretrained_epsilons: target ε of the rows (σ chosen for the planned steps,
-            training stops at the budget); patch_sigmas: patch-level rows at a fixed σ (the paper's list).
+        patch_epsilons: target ε of the patch-level rows (σ chosen for the planned steps, training stops at the budget).
+        patch_sigmas: patch-level rows at a fixed σ (the paper's list).
+        patient_epsilons: target ε of the patient-level rows trained from scratch.
+        pretrained_epsilons: target ε of the patient-level rows fine-tuned from the public pre-trained GAN.
         non_dp: add the σ = ∞ reference row.
         public_only: with pretrained rows, add the pre-trained GAN itself (never saw the private cohort: ε = 0).
         candidates: last epoch snapshots of each GAN tried by downstream utility.
         n_synthetic: synthetic pairs per candidate.
         select: "best" or "last" epoch of each U-Net.
         seed: `--seed_everything` of every run and the synthesis seed.
-        gan_args, unet_args: more CLI arguments for every GAN / U-Net run.
-        group: W&B group of every run (default "dp-sweep-" + the out_dir name); wandb: False for CSV logs only.
+        gan_args: more CLI arguments for every GAN run.
+        unet_args: more CLI arguments for every U-Net run.
+        group: W&B group of every run (default "dp-sweep-" + the out_dir name).
+        wandb: False for CSV logs only.
         resume: skip the steps the state file records as finished.
     """
     out = Path(out_dir)
