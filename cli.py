@@ -44,6 +44,7 @@ TOOL_DESCRIPTIONS = {
     "audit": "membership-inference audit of a GAN checkpoint (train vs test patients): ROC, AUC, TPR at low FPR",
     "export": "write a synthetic store as a shareable NIfTI/npz dataset with checksums and a dataset card",
     "realism": "measure how TOF-like a cohort looks (noise, texture, contrast, blur, oracle threshold DSC)",
+    "canaries": "write canary patches for the one-run DP audit (fit with --data.init_args.canaries, then audit --canaries)",
     "dp-sweep": "DP-WGAN privacy/utility sweep: per σ or target ε, train, select, synthesize, U-Net, DSC vs ε",
 }
 #: Packages whose classes `tofgan fit --help` lists as known models / data modules (and configs may name by class).
@@ -53,6 +54,7 @@ SUITE_PACKAGES = ("lightning_modules", "datamodules")
 def _tool_commands() -> dict[str, Callable[..., Any]]:
     """Imported lazily so `tofgan fit --help` does not pay for every tool's imports."""
     from simulation.cohort import simulate_cohort
+    from metrics.dp_audit import write_canary_set
     from workflows.audit import audit
     from workflows.compare import compare
     from workflows.export import export
@@ -80,6 +82,7 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
         "export": export,
         "realism": realism_report,
         "dp-sweep": dp_sweep,
+        "canaries": write_canary_set,
     }
 
 

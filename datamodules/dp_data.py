@@ -14,6 +14,10 @@ has no release for this torch); the privacy record says so.
 - An empty draw is yielded as an empty batch (shape (0, 1, H, W)): the module makes a noise-only step.
 - DDP: records (patches or patients) are sharded rank::world; each rank samples its shard at rate q, so the
   union is a Poisson sample of the whole set. Set `trainer.use_distributed_sampler: false`.
+- Canaries (`canaries`, the GAN-level one-run DP audit): each included canary is one more sampling unit — a
+  single patch at patch level, a single-patch pseudo-patient at patient level — so N (or P) grows by the number
+  of included canaries: q = B / (N + n) (patch) or m / (P + n) (patient), and the default δ = min(1/(N + n), 1e-3)
+  (`DPWGAN`) with it; `privacy_sampling` reports `n_canaries` (the data manifest the canary file's sha256).
 - Validation (and the GAN test stage) are the parent's: validation patients are outside the guarantee unless
   public; selecting epochs on them costs the training patients nothing.
 """
@@ -28,7 +32,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from datamodules.base import PatchDataset
 from datamodules.gan_data import GANPatchDataModule
 
 PrivacyUnit = Literal["patch", "patient"]
@@ -76,9 +79,10 @@ class PoissonBatchSampler:
 
 
 class PatientTaggedDataset(Dataset):
-    """A PatchDataset whose items also carry "patient": the index (0..P−1) of the training patient."""
+    """A patch dataset whose items also carry "patient": the index (0..P−1) of the training patient (canaries:
+    P, P+1, … — one pseudo-patient each)."""
 
-    def __init__(self, patches: PatchDataset, patient_index: np.ndarray) -> None:
+    def __init__(self, patches: Dataset, patient_index: np.ndarray) -> None:
         self.patches, self.patient_index = patches, patient_index
 
     def __len__(self) -> int:
@@ -128,16 +132,20 @@ class DPGANPatchDataModule(GANPatchDataModule):
 
     # ------------------------------------------------------------------ what the accountant needs
     def train_patient_index(self) -> tuple[list[str], np.ndarray]:
-        """(training patient ids, patient index of every training patch in `train_set` order)."""
+        """(training patient ids, then "canary:j" per included canary; unit index of every record of `fit_set`
+        in order: the training patches' patients 0..P−1, then one pseudo-patient P+j per canary)."""
         assert self.store is not None and self.train_set is not None, "call setup('fit') first"
         ids = np.asarray(self.store.patient_ids)[self.train_set.indices]
         patients = sorted(set(ids.tolist()))
         lookup = {p: i for i, p in enumerate(patients)}
-        return patients, np.asarray([lookup[p] for p in ids], dtype=np.int64)
+        n_canaries = len(self.canary_set) if self.canary_set is not None else 0
+        index = np.concatenate([[lookup[p] for p in ids], len(patients) + np.arange(n_canaries)]).astype(np.int64)
+        return patients + [f"canary:{j}" for j in range(n_canaries)], index
 
     def privacy_sampling(self) -> dict[str, Any]:
         """Public sampling parameters: unit, q, global expected batch (rows the noise is divided by), population."""
         patients, index = self.train_patient_index()
+        n_canaries = len(self.canary_set) if self.canary_set is not None else 0
         if self.privacy_unit == "patch":
             n = len(index)
             if self.batch_size > n:
@@ -152,7 +160,8 @@ class DPGANPatchDataModule(GANPatchDataModule):
         return {"unit": self.privacy_unit, "sampling": "poisson", "sample_rate": q, "expected_batch_size": expected,
                 "population": population, "steps_per_epoch": self.steps_per_epoch or max(1, round(1 / q)),
                 "patches_per_patient": self.patches_per_patient if self.privacy_unit == "patient" else None,
-                "n_train_patients": len(patients), "n_train_patches": len(index)}  # fmt: skip
+                "n_train_patients": len(patients) - n_canaries, "n_train_patches": len(index) - n_canaries,
+                "n_canaries": n_canaries}  # fmt: skip
 
     # ------------------------------------------------------------------ loaders
     def _rank(self) -> int:
@@ -160,19 +169,21 @@ class DPGANPatchDataModule(GANPatchDataModule):
         return int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
 
     def train_batch_sampler(self) -> PoissonBatchSampler:
-        """The Poisson sampler of this rank (patch: one group per patch; patient: one group per patient)."""
+        """The Poisson sampler of this rank (patch: one group per patch; patient: one group per patient; a canary
+        is a group of one in both)."""
         _, index = self.train_patient_index()
         info = self.privacy_sampling()
         if self.privacy_unit == "patch":
             groups, per_group = [np.asarray([i]) for i in range(len(index))], None
         else:
-            groups, per_group = [np.flatnonzero(index == u) for u in range(info["n_train_patients"])], self.patches_per_patient
+            units = info["n_train_patients"] + info["n_canaries"]
+            groups, per_group = [np.flatnonzero(index == u) for u in range(units)], self.patches_per_patient
         return PoissonBatchSampler(groups, info["sample_rate"], info["steps_per_epoch"], per_group,
                                    self.sampling_seed, self._rank(), self.world_size)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
         _, index = self.train_patient_index()
-        dataset = PatientTaggedDataset(self.train_set, index)
+        dataset = PatientTaggedDataset(self.fit_set, index)
         return DataLoader(dataset, batch_sampler=self.train_batch_sampler(), collate_fn=EmptySafeCollate(dataset[0]),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)  # fmt: skip

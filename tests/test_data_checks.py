@@ -71,3 +71,22 @@ def test_patch_larger_than_volume_is_refused_with_sizes(tmp_path: Path) -> None:
     with pytest.raises(CohortError, match=r"\(z 16 > 12\)"):
         dm3.prepare_data()
     assert not np.any([p.name.startswith(".") and "tmp" in p.name for p in (tmp_path / "c").iterdir()])
+
+
+def test_cohort_of_an_older_simulator_is_refused_not_reused(tmp_path: Path) -> None:
+    """Same settings, other simulator: the images differ, so the cohort must not be taken for the configured one."""
+    import json
+
+    from datamodules.base import SimulationSpec
+    from simulation.cohort import SIMULATOR_VERSION
+
+    spec = SimulationSpec("pegasus", n_patients=2, scale=0.5, seed=0)
+    root = tmp_path / "data" / "simulated" / "pegasus-old"
+    write_tiny_cohort(root, n_patients=2, prefix="pegasus-sim-")
+    meta = {"profile": "pegasus", "n_patients": 2, "seed": 0, "scale": 0.5, "complete": True,
+            "patient_ids": ["pegasus-sim-000", "pegasus-sim-001"], "simulator_version": SIMULATOR_VERSION}
+    (root / "cohort.json").write_text(json.dumps(meta))
+    assert checks.needs_simulation(root, spec) is False  # current version, same settings: reused
+    (root / "cohort.json").write_text(json.dumps({**meta, "simulator_version": "0"}))
+    with pytest.raises(CohortError, match=r"simulator_version: '0' in cohort.json.*delete the folder"):
+        checks.needs_simulation(root, spec)

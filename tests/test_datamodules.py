@@ -157,11 +157,13 @@ def test_missing_cohort_without_and_with_simulation(tmp_path: Path, monkeypatch:
         root = write_tiny_cohort(out_dir, n_patients=n_patients + 1, prefix=f"{profile}-sim-")
         ids = [f"{profile}-sim-{i:03d}" for i in range(n_patients)]  # one extra folder, not listed
         (root / "cohort.json").write_text(json.dumps({"profile": profile, "n_patients": n_patients, "seed": seed,
-                                                      "scale": float(scale), "patient_ids": ids, "complete": True}))
+                                                      "scale": float(scale), "patient_ids": ids, "complete": True,
+                                                      "simulator_version": "fake"}))
         return root
 
     fake = types.ModuleType("simulation.cohort")
     fake.simulate_cohort = fake_simulate_cohort  # type: ignore[attr-defined]
+    fake.SIMULATOR_VERSION = "fake"  # type: ignore[attr-defined]  # a cohort of another version is refused
     monkeypatch.setitem(sys.modules, "simulation.cohort", fake)
     spec = SimulationSpec("1000plus", n_patients=6, scale=0.5, seed=2)
     sim = tmp_path / "data" / "simulated" / "1000plus-tiny"  # the default simulated cohort's place
