@@ -16,7 +16,6 @@ above `max_leakage_auc`, or when there is no audit of it, unless `accept_leakage
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from datamodules.patch_store import file_sha256
 from workflows.dataset_card import card_markdown, privacy_section
 
 CARD_FILES = ("dataset_card.json", "DATASET_CARD.md", "SHA256SUMS")
@@ -50,12 +50,6 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- decision
@@ -156,7 +150,7 @@ def write_preview(store: Any, path: Path) -> None:
 
 
 def write_checksums(tmp: Path) -> dict[str, str]:
-    sums = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    sums = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / "SHA256SUMS").write_text("".join(f"{h}  {name}\n" for name, h in sums.items()))
     return sums
 

@@ -12,7 +12,6 @@ bit for bit the one an in-memory `GANModule.generate` + `write_patch_store` woul
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,13 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from datamodules.patch_store import file_sha256
 
 
 def _privacy_record(checkpoint: dict[str, Any], where: Path) -> dict[str, Any] | None:
@@ -152,7 +145,7 @@ def synthesize(
     manifest = {
         "kind": "synthetic",
         "source_checkpoint": str(ckpt_path.resolve()),
-        "source_checkpoint_sha256": _sha256(ckpt_path),
+        "source_checkpoint_sha256": file_sha256(ckpt_path),
         "gan_class": f"{cls.__module__}.{cls.__qualname__}",
         "n_samples": n_samples,
         "seed": seed,
