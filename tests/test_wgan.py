@@ -25,11 +25,12 @@ def tiny_wgan(norm: str = "instance", **kwargs) -> WGANGP:
                   latent_dim=LATENT, n_sample_grid=4, **kwargs)  # fmt: skip
 
 
-def loader(n_batches: int = 4) -> DataLoader:
+def loader(n_batches: int = 4, shape: tuple[int, ...] = (SIZE, SIZE), batch: int = BATCH) -> DataLoader:
+    """Seeded random real batches of (image in [-1, 1], binary label) patches of `shape` (2D or 3D)."""
     g = torch.Generator().manual_seed(123)
-    data = [{"image": torch.rand(1, SIZE, SIZE, generator=g) * 2 - 1,
-             "label": (torch.rand(1, SIZE, SIZE, generator=g) > 0.8).float()} for _ in range(n_batches * BATCH)]  # fmt: skip
-    return DataLoader(data, batch_size=BATCH, shuffle=False)
+    data = [{"image": torch.rand(1, *shape, generator=g) * 2 - 1,
+             "label": (torch.rand(1, *shape, generator=g) > 0.8).float()} for _ in range(n_batches * batch)]  # fmt: skip
+    return DataLoader(data, batch_size=batch, shuffle=False)
 
 
 def trainer(**kwargs) -> L.Trainer:

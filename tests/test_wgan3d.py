@@ -17,6 +17,8 @@ import lightning_modules.wgan as wgan_mod
 from callbacks.sample_grid import SampleGridCallback, pair_grid
 from lightning_modules.wgan import WGANGP, gradient_penalty, per_sample_grad_norms
 from networks.gan3d import Generator3D, WGANCritic3D
+from tests import test_wgan as wgan2d_tests
+from tests.test_wgan import trainer
 
 LATENT, SIZE, BATCH = 8, (32, 32, 8), 4  # the critic's last maps are 2×2×1
 
@@ -28,16 +30,7 @@ def tiny_wgan3d(norm: str = "instance", ndf: int = 16, size: tuple[int, int, int
 
 
 def loader(n_batches: int = 3) -> DataLoader:
-    g = torch.Generator().manual_seed(123)
-    data = [{"image": torch.rand(1, *SIZE, generator=g) * 2 - 1,
-             "label": (torch.rand(1, *SIZE, generator=g) > 0.8).float()} for _ in range(n_batches * BATCH)]  # fmt: skip
-    return DataLoader(data, batch_size=BATCH, shuffle=False)
-
-
-def trainer(**kwargs) -> L.Trainer:
-    kwargs.setdefault("logger", False)
-    kwargs.setdefault("enable_checkpointing", False)
-    return L.Trainer(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    return wgan2d_tests.loader(n_batches, SIZE, BATCH)
 
 
 # --------------------------------------------------------------------------- penalty in 3D
