@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench gpu-check install clean
 
 # torch 2.13.0 first (a local CPU build here; a plain `torch` requirement would pull several GB of CUDA),
 # then the project with its extras. GPU users: install your own torch into .venv before `make`.
@@ -31,6 +31,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_simulation.py
 	$(BIN)/python bench/bench_patches.py
+
+# One GPU, ≤ 8 min: outputs/gpu_check.json and the README performance table (bench/gpu_check.py).
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py --out outputs/gpu_check.json
 
 clean:
 	rm -rf $(VENV) .cache outputs

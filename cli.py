@@ -46,6 +46,7 @@ TOOL_DESCRIPTIONS = {
     "realism": "measure how TOF-like a cohort looks (noise, texture, contrast, blur, oracle threshold DSC)",
     "canaries": "write canary patches for the one-run DP audit (fit with --data.init_args.canaries, then audit --canaries)",
     "dp-sweep": "DP-WGAN privacy/utility sweep: per σ or target ε, train, select, synthesize, U-Net, DSC vs ε",
+    "simulate-dsc": "simulate a DSC-MRI perfusion cohort: 4D series, brain mask, true and oSVD-pipeline CBF/CBV/MTT/Tmax/TTP maps",
 }
 #: Packages whose classes `tofgan fit --help` lists as known models / data modules (and configs may name by class).
 SUITE_PACKAGES = ("lightning_modules", "datamodules")
@@ -65,6 +66,7 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
     from workflows.dp_sweep import dp_sweep
     from workflows.grid_search import grid_search
     from workflows.select_checkpoint import select_checkpoint
+    from workflows.simulate_dsc import simulate_dsc
     from workflows.synthesize import synthesize
     from workflows.transfer import transfer_sweep
 
@@ -83,6 +85,7 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
         "realism": realism_report,
         "dp-sweep": dp_sweep,
         "canaries": write_canary_set,
+        "simulate-dsc": simulate_dsc,
     }
 
 
@@ -195,6 +198,13 @@ class TofganCLI(LightningCLI):
         # W&B by default, offline (files under the log dir) when the user is not logged in.
         if not _wandb_logged_in():
             os.environ.setdefault("WANDB_MODE", "offline")
+        # W&B job type (gan-fit, unet-fit, unet-test, …) from the command and the model class, unless the config or
+        # WANDB_JOB_TYPE sets one: Lightning starts the W&B run before any callback hook could set it.
+        from callbacks.wandb_run import set_job_type
+
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            set_job_type(subcommand, self.config[subcommand])
 
 
 def main(args: Sequence[str] | None = None) -> Any:

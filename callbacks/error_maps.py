@@ -10,6 +10,10 @@ Panel layout (exact pixels, no figure margins, so the PNG can be read back): an 
 rotated by 90° (`np.rot90`: row r, column c ↔ voxel x = c, y = Y-1-r), the usual radiological view of
 RAS-ordered arrays; panels are separated by `GAP` white columns. The image is scaled to [0, 1] per patient
 between its 1st and 99.5th percentile and shown in grey where there is no error colour.
+
+2D and 3D nets alike: `SegmentationModule` predicts whole volumes either way (axial slices or 3D sliding windows),
+so the maps read the same (B, 1, X, Y, Z) outputs. The prediction and label are on the native grid; an image the
+net saw on another grid (`data.target_spacing`) is resampled back onto it for display.
 """
 
 from __future__ import annotations
@@ -70,6 +74,17 @@ def _np(x: Any) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def _native_image(batch: dict[str, Any]) -> torch.Tensor:
+    """The batch image on the label's (native) grid: resampled from `model_affine` when the net saw another grid."""
+    image, label = batch["image"], batch["label"]
+    if tuple(image.shape[2:]) == tuple(label.shape[2:]) or batch.get("model_affine") is None:
+        return image
+    from datamodules.preprocess import resample_to_grid
+
+    return torch.stack([resample_to_grid(image[b], batch["model_affine"][b], batch["affine"][b], label.shape[2:])
+                        for b in range(image.shape[0])])
+
+
 class ErrorMapCallback(Callback):
     """Writes (and logs) one error-map PNG per test patient from `SegmentationModule.test_step` outputs.
 
@@ -102,7 +117,7 @@ class ErrorMapCallback(Callback):
 
         folder = self._folder
         folder.mkdir(parents=True, exist_ok=True)
-        image, label, pred = _np(batch["image"]), _np(batch["label"]), _np(outputs["pred"])
+        image, label, pred = _np(_native_image(batch)), _np(batch["label"]), _np(outputs["pred"])
         for i, pid in enumerate(outputs["patient_id"]):
             picture, slices = error_map_panels(image[i, 0], label[i, 0], pred[i, 0], self.n_slices)
             path = folder / f"{pid}.png"

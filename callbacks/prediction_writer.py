@@ -1,5 +1,7 @@
 """Writes whole-volume predictions as NIfTI with the source affine, from test and predict runs.
 
+2D and 3D nets alike: `SegmentationModule` returns whole (B, 1, X, Y, Z) volumes on the native grid either way.
+
 Each rank writes the patients of its own batches; a patient a DistributedSampler padded onto two ranks is
 written through a rank-specific temporary file and an atomic rename, so concurrent writes never interleave.
 """

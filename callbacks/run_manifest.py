@@ -50,6 +50,21 @@ def git_commit() -> str | None:
         return None
 
 
+def wandb_record(trainer: Trainer) -> list[dict[str, Any]] | None:
+    """Id, project, group, job type, name, tags and mode of each W&B run of this trainer (rank zero: starts the run
+    if Lightning has not yet), so a dashboard row can be traced to its run folder and back."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    records = []
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            records.append({"id": run.id, "project": run.project, "group": run.group or None,
+                            "job_type": run.job_type or None, "name": run.name, "tags": list(run.tags or ()),
+                            "offline": bool(run.offline), "dir": str(Path(run.dir).parent)})  # fmt: skip
+    return records or None
+
+
 def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)
@@ -66,7 +81,8 @@ class RunManifest(Callback):
     `data_manifest() -> dict` (patch stores' settings and source hashes); both are recorded when present.
     The LightningModule and any callback may also expose `manifest_extras() -> dict`, whose keys are merged
     into the record (e.g. privacy accounting, or the settings changes a resumed run was allowed); a module
-    with extras is recorded again at the end of fit, when they are final.
+    with extras is recorded again at the end of fit, when they are final. With a W&B logger the record holds the
+    W&B run's id, group, job type and tags (`wandb`).
     """
 
     def __init__(self, filename: str = "run_manifest.json") -> None:
@@ -85,6 +101,8 @@ class RunManifest(Callback):
             "world_size": trainer.world_size,
             "precision": str(trainer.precision),
         }
+        if (wandb_runs := wandb_record(trainer)) is not None:
+            record["wandb"] = wandb_runs
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "data_manifest"):
             data = datamodule.data_manifest()

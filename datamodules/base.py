@@ -217,13 +217,25 @@ class CohortDataModule(L.LightningDataModule):
                              f"world size {ws}")
         return self.batch_size // ws
 
+    def _pin_memory(self) -> bool:
+        """Pinned host memory (faster, asynchronous copies to the GPU) only when the trainer runs on CUDA."""
+        accelerator = getattr(getattr(self, "trainer", None), "accelerator", None)
+        if accelerator is not None:
+            from lightning.pytorch.accelerators import CUDAAccelerator
+
+            return isinstance(accelerator, CUDAAccelerator)
+        return torch.cuda.is_available()
+
     def _loader(self, dataset: Dataset, *, batch_size: int | None = None, shuffle: bool = False,
                 drop_last: bool = False, **kwargs: object) -> DataLoader:
+        """Loader settings for every split. With `num_workers` > 0 the workers persist across epochs (no re-fork, the
+        store's memory maps stay open) and each keeps `prefetch_factor` (torch's 2) batches ready; patches are read
+        from the memory-mapped store in each worker (PatchDataset opens it lazily), so neither workers nor DDP ranks
+        copy the store. bench/bench_loader.py measures whether this feeds the GPU step."""
         gen = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(dataset, batch_size=self.per_device_batch_size if batch_size is None else batch_size,
                           shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers, generator=gen,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
-                          **kwargs)
+                          persistent_workers=self.num_workers > 0, pin_memory=self._pin_memory(), **kwargs)
 
     def cohort_spacing(self) -> tuple[float, float, float] | None:
         """Voxel size (mm) the nets train at: `target_spacing` if set, else the median native spacing of the

@@ -5,7 +5,12 @@ patch/window itself, which is what lets raw real patches and [-1, 1] synthetic p
 Training data modes (SPEC §4, Kossen et al. 2021 Table 2): real only (`use_real`, no stores), synthetic only
 (`use_real: false` + `synthetic_stores`), real + synthetic ("augmentation" rows), or several synthetic stores
 pooled; validation is always on the real validation patients. `augment` switches on the paper's classical
-augmentation (`datamodules.augmentation`) for the training patches only, real and synthetic alike."""
+augmentation (`datamodules.augmentation`) for the training patches only, real and synthetic alike (2D only).
+
+2D and 3D alike: a 3-entry `patch_size` gives 3D patches (`data/pegasus_seg3d.yaml`: 250 vessel-centred per
+patient, `grid [0, 0, 0]`), cached, validated and pooled with synthetic 3D stores the same way. Real and synthetic
+stores are memory-mapped (`datamodules.patch_store.PatchStore`): a paper-scale 3D store (tens of GiB) is read one
+patch per item, never loaded whole."""
 
 from __future__ import annotations
 
@@ -57,6 +62,9 @@ class SegmentationDataModule(CohortDataModule):
             raise ValueError("SegmentationDataModule: use_real is False and no synthetic_stores given: "
                              "there would be no training data")
         self.patch_settings = self.make_patch_settings(patch_size, n_vessel, n_random, grid, seed)
+        if augment and self.patch_settings.is_3d:
+            raise ValueError(f"SegmentationDataModule: augment is the 2D papers' in-plane augmentation (rotation, "
+                             f"shear, flip of 2D patches) and patch_size {list(patch_size)} is 3D; set augment false")
         self.normalization: Normalization = normalization
         self.use_real = use_real
         self.synthetic_stores = [str(s) for s in synthetic_stores]

@@ -19,6 +19,12 @@ at (`train_spacing`, taken from the DataModule at fit start) is saved in the che
 volume seen at another spacing (no `target_spacing`, or a different one) gets a warning naming both. With skull
 stripping (batch `skull_strip`) predictions outside the brain mask are set to 0.
 
+2D and 3D: the same module trains the 2D papers' half U-Net on axial patches and the 3D paper's U-Net
+(`networks.unet.UNet`, `configs/model/unet3d.yaml`) on 3D patches; `roi_size` (2 or 3 entries) must match the net's
+`spatial_dims` and the data's patch size (checked at construction and at fit start). Test reports give, per patient
+and as mean ± SD, DSC, 95HD (mm), bAVD in mm (`bavd`) and in voxels (`bavd_vox`, the 3D paper's unit), for all
+vessels and intracranial.
+
 Transfer learning (Kossen et al. 2021, Fig. 3): `pretrained` names a checkpoint of a U-Net trained on
 synthetic pairs; its network weights are loaded at construction, strictly (same architecture or an error).
 """
@@ -94,7 +100,7 @@ def load_net_weights(net: nn.Module, path: str) -> None:
 
 
 class SegmentationModule(LightningModule):
-    """Half U-Net (or any logits net) trained with soft Dice; per-patient DSC/95HD/bAVD at test time.
+    """A U-Net (or any logits net), 2D or 3D, trained with soft Dice; per-patient DSC/95HD/bAVD at test time.
 
     Args:
         net: a network returning logits, 2D (`len(roi_size) == 2`, applied slice by slice along z) or 3D.
@@ -136,6 +142,11 @@ class SegmentationModule(LightningModule):
             raise ValueError(f"SegmentationModule: roi_size must have 2 or 3 entries, got {list(roi_size)}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"SegmentationModule: overlap must be in [0, 1), got {overlap}")
+        net_dims = getattr(net, "spatial_dims", None)
+        if net_dims is not None and net_dims != len(roi_size):
+            raise ValueError(f"SegmentationModule: roi_size {list(roi_size)} has {len(roi_size)} entries but the net "
+                             f"{type(net).__name__} is {net_dims}D (spatial_dims={net_dims}); give a {net_dims}-entry "
+                             "roi_size (--model.init_args.roi_size)")
         self.save_hyperparameters()
         self.net = net
         self.optimizer = optimizer
@@ -210,7 +221,15 @@ class SegmentationModule(LightningModule):
 
     # ---------------------------------------------------------------- spacing
     def on_fit_start(self) -> None:
-        """Record the spacing the net trains at (saved with the hyper-parameters in every checkpoint)."""
+        """Check that the data's patches have the net's dimensionality, and record the spacing the net trains at
+        (saved with the hyper-parameters in every checkpoint)."""
+        settings = getattr(self.trainer.datamodule, "patch_settings", None)
+        if settings is not None and len(settings.patch_size) != len(self.roi_size):
+            raise ValueError(f"SegmentationModule: the data's patch_size {list(settings.patch_size)} "
+                             f"(--data.init_args.patch_size) is {len(settings.patch_size)}D but roi_size "
+                             f"{list(self.roi_size)} (--model.init_args.roi_size) and the net are "
+                             f"{len(self.roi_size)}D; "
+                             "combine a 3D model config (model/unet3d.yaml) with 3D data (data/pegasus_seg3d.yaml)")
         spacing = getattr(self.trainer.datamodule, "cohort_spacing", lambda: None)()
         if spacing is not None:
             self.train_spacing = tuple(float(v) for v in spacing)
@@ -333,7 +352,8 @@ class SegmentationModule(LightningModule):
             "threshold": self.threshold,
             "std": "sample standard deviation over patients (ddof=1)",
             "hd95": "95th percentile of pooled symmetric surface distances, mm",
-            "bavd": "balanced average Hausdorff distance over all label voxels, mm (voxels if spacing is 1)",
+            "bavd": "balanced average Hausdorff distance over all label voxels, mm",
+            "bavd_vox": "the same bAVD in voxels (unit spacing), as the 3D paper reports it",
             "empty_mask_policy": EMPTY_MASK_POLICY,
         }
         (out_dir / "test_summary.json").write_text(json.dumps(summary, indent=2))

@@ -12,7 +12,8 @@ taken (the authors' "95th percentile of the surface distances"). MONAI's own `co
 instead takes the max of the two directed 95th percentiles, which is ≥ the pooled value, hence not used.
 
 bAVD (Aydin et al. 2021): ½·(Σ_{g∈G} d(g,P) + Σ_{p∈P} d(p,G)) / |G| over ALL label voxels (scipy cKDTree).
-With spacing (1, 1, 1) it is in voxels (as the 3D paper reports), otherwise in mm.
+`bavd` is in mm (distances scaled by the spacing); `bavd_vox` is the same sum in voxel units (spacing 1 on every
+axis), as the 3D paper reports it (EvaluateSegmentation's default). Both work on 2D and 3D masks.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from monai.metrics.utils import get_edge_surface_distance
 from scipy.spatial import cKDTree
 from torchmetrics import Metric
 
-METRIC_NAMES: tuple[str, ...] = ("dsc", "hd95", "bavd")
+METRIC_NAMES: tuple[str, ...] = ("dsc", "hd95", "bavd", "bavd_vox")
 ArrayLike = np.ndarray | torch.Tensor
 
 
@@ -107,7 +108,11 @@ def bavd(pred: ArrayLike, target: ArrayLike, spacing: Sequence[float] | None = N
 
 
 def segmentation_metrics(pred: ArrayLike, target: ArrayLike, spacing: Sequence[float] | None = None) -> dict[str, float]:
-    return {"dsc": dice(pred, target), "hd95": hd95(pred, target, spacing), "bavd": bavd(pred, target, spacing)}
+    """DSC, 95HD (mm), bAVD (mm) and bAVD in voxels of one 2D or 3D mask pair (spacing None = unit spacing)."""
+    mm = bavd(pred, target, spacing)
+    unit = spacing is None or all(float(s) == 1.0 for s in np.asarray(spacing, dtype=float).ravel())
+    return {"dsc": dice(pred, target), "hd95": hd95(pred, target, spacing), "bavd": mm,
+            "bavd_vox": mm if unit else bavd(pred, target, None)}
 
 
 def patient_key(patient_id: str) -> float:
@@ -116,7 +121,7 @@ def patient_key(patient_id: str) -> float:
 
 
 class PerPatientSegmentationMetrics(Metric):
-    """Collects one (dsc, hd95, bavd) row per patient; `compute()` gives mean and SD over patients.
+    """Collects one (dsc, hd95, bavd, bavd_vox) row per patient; `compute()` gives mean and SD over patients.
 
     States are float64 tensor lists with `dist_reduce_fx="cat"`, so a DDP gather simply concatenates the
     ranks' rows. Patients are identified by `patient_key` (a float64 hash); rows with a repeated key are
@@ -195,7 +200,7 @@ class PerPatientSegmentationMetrics(Metric):
         return out
 
     def per_patient_table(self) -> list[dict[str, Any]]:
-        """Rows {"patient_id", "dsc", "hd95", "bavd"} over all ranks (collective call under DDP)."""
+        """Rows {"patient_id", "dsc", "hd95", "bavd", "bavd_vox"} over all ranks (collective call under DDP)."""
         with self.sync_context(should_sync=self._to_sync, should_unsync=True):
             keys, values = self._deduplicated()
         names = dict(self._names)

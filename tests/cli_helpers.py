@@ -14,7 +14,8 @@ CPU = {"trainer": "trainer/cpu.yaml", "logger": "logger/csv.yaml"}
 def cpu_args(experiment: Path, cohort: Path, root: Path) -> list[str]:
     """--config arguments of an experiment on the CPU, shrunk by the tiny override of its model family."""
     fragments = composed_fragments(experiment)
-    family = ("tiny_seg.yaml" if any("seg" in f for f in fragments)
+    family = ("tiny_seg3d.yaml" if any("seg3d" in f for f in fragments)
+              else "tiny_seg.yaml" if any("seg" in f for f in fragments)
               else "tiny_gan3d.yaml" if any("gan3d" in f for f in fragments) else "tiny_gan.yaml")
     return [
         *experiment_args(experiment, CPU),

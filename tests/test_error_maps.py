@@ -100,3 +100,19 @@ def test_callback_writes_pngs_with_exact_colours_and_logs_them(tmp_path):
 def test_invalid_n_slices():
     with pytest.raises(ValueError, match="n_slices"):
         ErrorMapCallback(n_slices=0)
+
+
+def test_image_seen_on_another_grid_is_shown_on_the_label_grid():
+    """With data.target_spacing the net's image is on a coarser grid: the map resamples it onto the label's grid."""
+    from callbacks.error_maps import _native_image
+
+    model_affine = torch.diag(torch.tensor([1.0, 1.0, 1.4, 1.0]))
+    affine = torch.diag(torch.tensor([1.0, 1.0, 0.7, 1.0]))
+    image = torch.arange(6, dtype=torch.float32).view(1, 1, 1, 1, 6).expand(1, 1, 8, 8, 6)  # value = model z
+    batch = {"image": image, "label": torch.zeros(1, 1, 8, 8, 12), "model_affine": model_affine[None],
+             "affine": affine[None]}
+    native = _native_image(batch)
+    assert native.shape == (1, 1, 8, 8, 12)
+    torch.testing.assert_close(native[0, 0, 3, 3, ::2], torch.arange(6, dtype=torch.float32))  # native z 2k = model z k
+    same = {**batch, "image": torch.zeros(1, 1, 8, 8, 12)}
+    assert _native_image(same) is same["image"]

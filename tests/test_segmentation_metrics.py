@@ -100,10 +100,29 @@ def test_empty_mask_policy():
     empty = np.zeros((4, 4, 4), bool)
     full = empty.copy()
     full[1:3, 1:3, 1:3] = True
-    assert segmentation_metrics(empty, empty, SPACING) == {"dsc": 1.0, "hd95": 0.0, "bavd": 0.0}
+    assert segmentation_metrics(empty, empty, SPACING) == {"dsc": 1.0, "hd95": 0.0, "bavd": 0.0, "bavd_vox": 0.0}
     for p, g in ((empty, full), (full, empty)):
         out = segmentation_metrics(p, g, SPACING)
-        assert out["dsc"] == 0.0 and math.isnan(out["hd95"]) and math.isnan(out["bavd"])
+        assert out["dsc"] == 0.0 and math.isnan(out["hd95"]) and math.isnan(out["bavd"]) and math.isnan(out["bavd_vox"])
+
+
+@pytest.mark.parametrize("spacing", [(0.5, 0.5, 0.7), (0.5, 0.7)], ids=["3d", "2d"])
+def test_bavd_in_voxels_and_mm_on_a_known_case(spacing):
+    """G = {x 1, x 2} on one line; P = G moved 2 voxels along the last axis (0.7 mm steps) + a false positive at
+    x 4 on G's line (0.5 mm steps). The nearest neighbour of G's x-2 voxel in P differs by unit: 2 voxels either
+    way, but 1.0 mm (the false positive) against 1.4 mm. Voxels: d(G→P) = 2 + 2, d(P→G) = 2 + 2 + 2, bAVD =
+    ½·10/|G| = 2.5; mm: d(G→P) = 1.4 + 1.0, d(P→G) = 1.4 + 1.4 + 1.0, bAVD = ½·6.2/2 = 1.55."""
+    ndim = len(spacing)
+    at = lambda x, last: (x,) + (1,) * (ndim - 2) + (last,)  # noqa: E731
+    g = np.zeros((6,) * ndim, bool)
+    p = g.copy()
+    g[at(1, 1)] = g[at(2, 1)] = True
+    p[at(1, 3)] = p[at(2, 3)] = p[at(4, 1)] = True
+    out = segmentation_metrics(p, g, spacing)
+    assert out["bavd_vox"] == pytest.approx(2.5)
+    assert out["bavd"] == pytest.approx(1.55)
+    assert bavd(p, g) == bavd(p, g, (1.0,) * ndim) == out["bavd_vox"]  # no spacing = unit spacing = voxels
+    assert segmentation_metrics(p, g)["bavd"] == segmentation_metrics(p, g)["bavd_vox"] == 2.5
 
 
 def test_bad_inputs_raise():

@@ -200,13 +200,11 @@ def log_wandb(report: dict[str, Any], figures: dict[str, Figure], out: Path) -> 
     """One W&B run per audit (offline unless logged in, as the suite's other runs)."""
     import wandb as wb
 
-    from cli import _wandb_logged_in
-    from workflows.runs import finish_wandb
+    from callbacks.wandb_run import privacy_tags, start_tool_run
 
-    finish_wandb()
-    run = wb.init(project="tofgan", job_type="audit", dir=str(out.resolve()), name=f"audit-{report['checkpoint_sha256'][:8]}",
-                  mode=None if _wandb_logged_in() else "offline",
-                  config={k: report[k] for k in ("checkpoint_sha256", "gan_class", "privacy", "counts", "n_synthetic", "seed")})
+    run = start_tool_run("audit", out, f"audit-{report['checkpoint_sha256'][:8]}",
+                         {k: report[k] for k in ("checkpoint_sha256", "gan_class", "privacy", "counts", "n_synthetic", "seed")},
+                         tags=[f"model:{str(report['gan_class']).rsplit('.', 1)[-1]}", *privacy_tags(report["privacy"])])
     rows = table_rows(report["results"])
     run.log({"audit/attacks": wb.Table(columns=COLUMNS, data=rows),
              **{f"audit/{k}": wb.Image(f) for k, f in figures.items()}})

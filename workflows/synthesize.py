@@ -105,6 +105,7 @@ def synthesize(
     module_class: str | None = None,
     device: str = "auto",
     overwrite: bool = False,
+    wandb_group: str | None = None,
 ) -> Path:
     """Writes `n_samples` generated pairs as a patch store in `out_dir` (+ `preview.png`); returns the folder.
 
@@ -124,6 +125,8 @@ def synthesize(
         module_class: dotted class path overriding the checkpoint's `gan_class` (suite packages only).
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ….
         overwrite: replace an existing patch store at `out_dir`.
+        wandb_group: also log a W&B run (job type "synthesize": generator, privacy, preview grid) in this group;
+            its files go beside the store, in `<parent of out_dir>/wandb`. None: no W&B run.
     """
     from callbacks.sample_grid import pair_grid
     from datamodules.patch_store import PatchStore, check_store_target
@@ -165,4 +168,8 @@ def synthesize(
     from matplotlib.image import imsave
 
     imsave(store.root / "preview.png", preview, cmap="gray", vmin=0.0, vmax=1.0)
+    if wandb_group is not None:
+        from callbacks.wandb_run import log_synthesis_run
+
+        log_synthesis_run(store.root, manifest, wandb_group)
     return store.root
