@@ -28,7 +28,7 @@ from callbacks.resume_settings import ResumeSettingsCheck, ResumeSettingsError
 TRAINER_COMMANDS = {
     "fit": "train a model from --config files (configs/experiment/*.yaml); --ckpt_path resumes a run",
     "validate": "one validation epoch of a checkpoint (--ckpt_path)",
-    "test": "evaluate a checkpoint on the test patients (U-Net: DSC/95HD/bAVD; GAN: FID/PRD)",
+    "test": "evaluate a checkpoint on the test patients (U-Net: DSC/95HD/bAVD; GAN: FID/PRD; pix2pix: MAE/NRMSE/SSIM/PSNR)",
     "predict": "segment whole volumes with a U-Net checkpoint",
 }
 TOOL_DESCRIPTIONS = {
@@ -46,6 +46,7 @@ TOOL_DESCRIPTIONS = {
     "realism": "measure how TOF-like a cohort looks (noise, texture, contrast, blur, oracle threshold DSC)",
     "canaries": "write canary patches for the one-run DP audit (fit with --data.init_args.canaries, then audit --canaries)",
     "dp-sweep": "DP-WGAN privacy/utility sweep: per σ or target ε, train, select, synthesize, U-Net, DSC vs ε",
+    "perfusion-compare": "pix2pix vs temp-pix2pix for the five perfusion maps: fit, fine-tune, test, thesis-style table and figure; resumes",
     "simulate-dsc": "simulate a DSC-MRI perfusion cohort: 4D series, brain mask, true and oSVD-pipeline CBF/CBV/MTT/Tmax/TTP maps",
 }
 #: Packages whose classes `tofgan fit --help` lists as known models / data modules (and configs may name by class).
@@ -65,6 +66,7 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
     from workflows.domain_extractor import train_domain_extractor
     from workflows.dp_sweep import dp_sweep
     from workflows.grid_search import grid_search
+    from workflows.perfusion_compare import perfusion_compare
     from workflows.select_checkpoint import select_checkpoint
     from workflows.simulate_dsc import simulate_dsc
     from workflows.synthesize import synthesize
@@ -86,6 +88,7 @@ def _tool_commands() -> dict[str, Callable[..., Any]]:
         "dp-sweep": dp_sweep,
         "canaries": write_canary_set,
         "simulate-dsc": simulate_dsc,
+        "perfusion-compare": perfusion_compare,
     }
 
 
