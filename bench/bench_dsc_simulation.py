@@ -16,7 +16,9 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # One core, as the target states; must be set before numpy loads its BLAS.
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -31,8 +33,8 @@ STAGES = {"brain_fields": "parameters", "tissue_curves": "tissue curves", "dsc_s
           "pipeline_maps": "pipeline maps"}
 
 
-def _timed(fn, name: str, log: dict):  # noqa: ANN001, ANN202
-    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+def _timed(fn: Callable[..., Any], name: str, log: dict[str, float]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         out = fn(*args, **kwargs)
         log[name] = log.get(name, 0.0) + time.perf_counter() - t

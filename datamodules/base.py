@@ -35,6 +35,17 @@ log = logging.getLogger(__name__)
 Normalization = Literal["minmax", "zscore", "none"]
 
 
+def pin_memory_for(trainer: object | None) -> bool:
+    """Pinned host memory (faster, asynchronous copies to the GPU) only when the trainer runs on CUDA; without a
+    trainer, when CUDA exists. Shared by every DataModule's loaders."""
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is not None:
+        from lightning.pytorch.accelerators import CUDAAccelerator
+
+        return isinstance(accelerator, CUDAAccelerator)
+    return torch.cuda.is_available()
+
+
 @dataclass
 class SimulationSpec:
     """How to simulate the cohort when cohort_dir is the default simulated cohort and holds none (arguments of
@@ -218,13 +229,7 @@ class CohortDataModule(L.LightningDataModule):
         return self.batch_size // ws
 
     def _pin_memory(self) -> bool:
-        """Pinned host memory (faster, asynchronous copies to the GPU) only when the trainer runs on CUDA."""
-        accelerator = getattr(getattr(self, "trainer", None), "accelerator", None)
-        if accelerator is not None:
-            from lightning.pytorch.accelerators import CUDAAccelerator
-
-            return isinstance(accelerator, CUDAAccelerator)
-        return torch.cuda.is_available()
+        return pin_memory_for(getattr(self, "trainer", None))
 
     def _loader(self, dataset: Dataset, *, batch_size: int | None = None, shuffle: bool = False,
                 drop_last: bool = False, **kwargs: object) -> DataLoader:

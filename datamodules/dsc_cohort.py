@@ -96,7 +96,10 @@ def _spatial(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray:
 def _tr_te(folder: Path, img: nib.Nifti1Image) -> tuple[float, float | None]:
     """TR/TE from meta.json when present (the simulator writes it), else TR from the 4th header zoom."""
     meta_path = folder / META_NAME
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except ValueError as err:
+        raise CohortError(f"{meta_path}: not valid JSON ({err})") from None
     tr = float(meta.get("TR", img.header.get_zooms()[3]))
     if not tr > 0:
         raise CohortError(f"{folder / SERIES_NAME}: TR is {tr} (4th zoom / meta.json): the time step must be > 0 s")

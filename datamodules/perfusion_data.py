@@ -24,13 +24,14 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.base import pin_memory_for
 from datamodules.cohort import CohortError
 from datamodules.dsc_cohort import (MAX_FRAMES, MIN_FRAMES, SERIES_NAME, list_patients, load_dsc_patient,
                                    read_cohort_meta)
@@ -43,6 +44,7 @@ MapName = Literal["cbf", "cbv", "mtt", "tmax", "ttp"]
 #: Paper splits (train, val, test): Heidelberg acute stroke 204 patients, PEGASUS steno-occlusive 72 (thesis ch. 7).
 DEFAULT_SPLITS = {"acute": (142, 20, 41), "steno": (50, 8, 12)}
 CACHE_VERSION = "1"
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)  # the scalers return what they are given
 
 
 @dataclass
@@ -56,10 +58,10 @@ class MinMaxScaler:
     def span(self) -> float:
         return self.hi - self.lo if self.hi > self.lo else 1.0
 
-    def to_unit(self, x):  # noqa: ANN001, ANN201 - ndarray or Tensor in, same type out
+    def to_unit(self, x: ArrayT) -> ArrayT:
         return (x - self.lo) * (2.0 / self.span) - 1.0
 
-    def to_physical(self, x):  # noqa: ANN001, ANN201
+    def to_physical(self, x: ArrayT) -> ArrayT:
         return (x + 1.0) * (self.span / 2.0) + self.lo
 
     def fit(self, arrays: list[np.ndarray]) -> MinMaxScaler:
@@ -194,10 +196,12 @@ class PerfusionDataModule(L.LightningDataModule):
         """
         super().__init__()
         if frames is not None and not MIN_FRAMES <= frames <= MAX_FRAMES:
-            raise ValueError(f"frames={frames}: the temporal network reduces only {MIN_FRAMES}–{MAX_FRAMES} frames "
-                             "to one; resample to a count in that range (the paper: 80)")
+            raise ValueError(f"PerfusionDataModule: frames={frames} (--data.init_args.frames): the temporal "
+                             f"network reduces only {MIN_FRAMES}–{MAX_FRAMES} frames to one; resample to a count in "
+                             "that range (the paper: 80)")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ValueError(f"PerfusionDataModule: batch_size (--data.init_args.batch_size) must be >= 1, "
+                             f"got {batch_size}")
         if isinstance(simulate, dict):
             simulate = DSCSimulationSpec(**simulate)
         self.cohort_dir = Path(cohort_dir)
@@ -260,7 +264,10 @@ class PerfusionDataModule(L.LightningDataModule):
         ids = list_patients(self.cohort_dir)
         self.profile = read_cohort_meta(self.cohort_dir).get("profile") or \
             (self.simulate.profile if self.simulate else None)
-        n = self.split or default_split(self.profile, len(ids))
+        try:
+            n = self.split or default_split(self.profile, len(ids))
+        except CohortError as err:
+            raise CohortError(f"{self.cohort_dir}: {err}") from None
         self.splits = split_patients(ids, n[0], n[1], n[2], self.seed)
         for pid in (p for split in self.splits.values() for p in split):
             self.stores[pid] = self._store(pid)
@@ -297,12 +304,16 @@ class PerfusionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
         sampler = epoch_shuffle_sampler(ds, getattr(self, "trainer", None), self.seed)
-        return ResumableLoader(ds, batch_size=self.per_device_batch_size, sampler=sampler,
-                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return ResumableLoader(ds, batch_size=self.per_device_batch_size, sampler=sampler, num_workers=self.num_workers,
+                               persistent_workers=self.num_workers > 0, pin_memory=self._pin_memory())
 
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(self.dataset(split), batch_size=self.per_device_batch_size, shuffle=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=self._pin_memory())
+
+    def _pin_memory(self) -> bool:
+        return pin_memory_for(getattr(self, "trainer", None))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -322,7 +333,8 @@ class PerfusionDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         """Restore the training-set scalers (a resumed run keeps its scaling even if the cohort changed)."""
         if state.get("target_map", self.target_map) != self.target_map:
-            raise ValueError(f"checkpoint was trained on {state['target_map']!r}, this run asks {self.target_map!r}")
+            raise ValueError(f"PerfusionDataModule: the checkpoint was trained on {state['target_map']!r}, this run "
+                             f"asks {self.target_map!r} (--data.init_args.target_map)")
         for name in ("target_scaler", "frames_scaler"):
             if name in state:
                 scaler = getattr(self, name)

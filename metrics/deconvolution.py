@@ -72,13 +72,14 @@ def deconvolve(tissue: np.ndarray, aif: np.ndarray, dt: float, method: Method = 
     tissue = np.asarray(tissue)
     n = len(aif)
     if tissue.shape[0] != n:
-        raise ValueError(f"tissue curves have {tissue.shape[0]} frames, the AIF {n}")
+        raise ValueError(f"metrics/deconvolution.py: tissue curves have {tissue.shape[0]} frames, the AIF {n}")
     if method == "ssvd":
         matrix = toeplitz_matrix(aif, dt)
     elif method in ("csvd", "osvd"):
         matrix = circulant_matrix(aif, dt)
     else:
-        raise ValueError(f"unknown deconvolution method {method!r}; expected ssvd, csvd or osvd")
+        raise ValueError(f"metrics/deconvolution.py: unknown deconvolution method {method!r}; expected ssvd, csvd "
+                         "or osvd")
     u, s, vt = np.linalg.svd(matrix)
     u = u[:n]  # the zero padding of the tissue curve meets only the first N rows of U (Uᵀ c)
     if method != "osvd":

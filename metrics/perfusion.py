@@ -15,7 +15,8 @@ Brain-masked variants ("brain") use only mask pixels (SSIM: the SSIM map average
 cropped map); "all" uses the whole slice.
 
 Empty-slice policy (`UNDEFINED_POLICY`): a value that is not finite — NRMSE of an all-zero target, PSNR of an exact
-prediction (inf), any masked metric of a slice without brain — is undefined: it is kept in the per-slice table as
+prediction (inf), any masked metric of a slice without brain, the masked SSIM of a slice whose brain lies only
+in the 3-pixel border SSIM crops away — is undefined: it is kept in the per-slice table as
 NaN, left out of every mean and counted as `n_undefined`. No mean ever includes a NaN or inf.
 """
 
@@ -76,14 +77,15 @@ def slice_metrics(pred: torch.Tensor, target: torch.Tensor, data_range: float,
         raise ValueError(f"metrics/perfusion.py: mask {tuple(region.shape)} differs from the slice {tuple(target.shape)}")
     pad = (SSIM_WIN - 1) // 2
     inner = region[pad:-pad, pad:-pad]
-    if not region.any() or not inner.any():
+    if not region.any():
         return dict.fromkeys(METRICS, math.nan)
     p, y = pred[region], target[region]
     mse = torch.mean((p - y) ** 2)
     values = {
         "mae": mean_absolute_error(p, y).item(),
         "nrmse": (torch.sqrt(mse) / torch.sqrt(torch.mean(y**2))).item() if torch.any(y != 0) else math.nan,
-        "ssim": ssim_map(pred, target, data_range)[inner].mean().item(),
+        # brain only in the 3-pixel border SSIM crops away: SSIM undefined, the other metrics still are
+        "ssim": ssim_map(pred, target, data_range)[inner].mean().item() if inner.any() else math.nan,
         "psnr": (10 * torch.log10(data_range**2 / mse)).item() if mse > 0 else math.inf,
     }
     return {k: v if math.isfinite(v) else math.nan for k, v in values.items()}

@@ -35,8 +35,7 @@ class HalfUNet2D(UNet):
         dropout: dropout probability between the two convolutions of each block (paper grid {0, 0.1}).
         spatial_dims: 2 (axial patches, the paper) or 3.
 
-    Input spatial sizes must be divisible by `2 ** (len(features) - 1)`; anything else would silently
-    drop rows at a pooling and break the skip concatenation, so it raises `ValueError` instead.
+    Input sizes must be divisible by `2 ** (len(features) - 1)` (`UNet` raises `ValueError` otherwise).
     """
 
     def __init__(

@@ -102,7 +102,9 @@ def _territory(uvw: np.ndarray, fov: np.ndarray, shape: tuple[int, int, int], rn
     return (s * _smoothstep((side * uvw[0] + 0.05) / 0.1)).astype(np.float32)
 
 
-def _acute(uvw, fov, shape, rng, delay, disp, cbf_f, cbv_f) -> dict:  # noqa: ANN001 - arrays, edited in place
+def _acute(uvw: np.ndarray, fov: np.ndarray, shape: tuple[int, int, int], rng: np.random.Generator,
+           delay: np.ndarray, disp: np.ndarray, cbf_f: np.ndarray, cbv_f: np.ndarray) -> dict:
+    """Edits delay, disp, cbf_f and cbv_f in place; returns the lesion's description for meta.json."""
     side = int(rng.choice([-1, 1]))
     centre = np.array([side * rng.uniform(0.35, 0.6), rng.uniform(-0.3, 0.3), rng.uniform(-0.2, 0.4)])
     radius = rng.uniform(0.35, 0.65)
@@ -119,7 +121,8 @@ def _acute(uvw, fov, shape, rng, delay, disp, cbf_f, cbv_f) -> dict:  # noqa: AN
             "max_delay_s": round(delay_max, 2), "core_threshold": round(core_at, 3), "has_core": core_at < 1}
 
 
-def _steno(uvw, fov, shape, rng, delay, disp, cbf_f, cbv_f) -> dict:  # noqa: ANN001
+def _steno(uvw: np.ndarray, fov: np.ndarray, shape: tuple[int, int, int], rng: np.random.Generator,
+           delay: np.ndarray, disp: np.ndarray, cbf_f: np.ndarray, cbv_f: np.ndarray) -> dict:
     side = int(rng.choice([-1, 1]))
     terr = [(side, rng.uniform(0.6, 0.9))]
     if rng.uniform() < 0.3:

@@ -66,7 +66,8 @@ def write_dsc_patient(
     meta: dict,
     spacing: tuple[float, float, float],
 ) -> Path:
-    """series (X,Y,Z,T); meta must hold TR and TE (s). Replaces an existing folder of the same patient atomically."""
+    """series (X,Y,Z,T); meta must hold TR and TE (s). An existing folder of the same patient is removed just before
+    the finished one is renamed into place: a crash in between leaves no folder for it, never a partial one."""
     folder = Path(folder)
     tr = float(meta["TR"])
     affine = ras_affine(spacing, tuple(series.shape[:3]))

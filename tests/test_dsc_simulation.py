@@ -139,6 +139,25 @@ def test_interrupted_write_leaves_nothing_and_resume_completes(tmp_path: Path, m
     assert sorted(p.name for p in root.iterdir()) == ["acute-000", "acute-001", "acute-002", "cohort.json"]
 
 
+def test_temporary_folders_of_killed_writers_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    """A SIGKILLed writer (no `finally`) leaves its hidden temporary patient folder; the next run removes it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = tmp_path / "dsc"
+    root.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    orphan = root / f".acute-000{dsc_io.TMP_MARK}{host}-{int(dead.stdout)}-0123abcd"
+    live = root / f".acute-001{dsc_io.TMP_MARK}{host}-{os.getpid()}-0123abcd"
+    for folder in (orphan, live):
+        (folder / "truth").mkdir(parents=True)
+    simulate_dsc_cohort(str(root), "acute", n_patients=1, shape=(16, 16, 3), progress=False)
+    assert not orphan.exists() and live.exists()
+
+
 def test_refuses_a_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):

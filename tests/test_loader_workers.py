@@ -44,3 +44,4 @@ def test_same_patches_with_0_and_4_workers(module: type, tmp_path: Path) -> None
     for rank in (0, 1):
         assert sum(epochs[0, rank].values()) >= 4, "an epoch of the shard holds patches"
         assert epochs[0, rank] == epochs[4, rank], f"rank {rank}: workers changed the patches delivered"
+    assert epochs[0, 0] != epochs[0, 1], "the two ranks were handed the same patches: no sharding exercised"

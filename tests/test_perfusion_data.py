@@ -142,6 +142,11 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(CohortError, match=r"acute-001/pipeline/tmax\.nii\.gz: pipeline tmax map has shape"):
         PerfusionDataModule(str(root)).setup()
 
+    root, p = _broken(tmp_path, "meta")
+    (p / "meta.json").write_text('{"TR": 1.39,')
+    with pytest.raises(CohortError, match=r"acute-001/meta\.json: not valid JSON"):
+        PerfusionDataModule(str(root)).setup()
+
     root, p = _broken(tmp_path, "missing")
     shutil.rmtree(p / "truth")
     dm = PerfusionDataModule(str(root), split=(1, 1, 1), seed=0)

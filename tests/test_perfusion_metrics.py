@@ -59,6 +59,10 @@ def test_undefined_values_are_nan_never_inf() -> None:
     assert math.isnan(exact["psnr"]) and exact["ssim"] == pytest.approx(1.0) and exact["mae"] == 0
     empty = slice_metrics(torch.tensor(target), torch.tensor(target) + 0.1, 2.0, torch.zeros(target.shape, dtype=torch.bool))
     assert all(math.isnan(v) for v in empty.values())
+    border = torch.zeros(target.shape, dtype=torch.bool)
+    border[0, :] = True  # brain only where SSIM's 7×7 window does not reach: SSIM undefined, the rest defined
+    edge = slice_metrics(torch.tensor(target) + 0.1, torch.tensor(target), 2.0, border)
+    assert math.isnan(edge["ssim"]) and edge["mae"] == pytest.approx(0.1) and math.isfinite(edge["psnr"])
 
 
 def test_bad_input_refused() -> None:

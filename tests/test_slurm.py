@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.checkpoint_state import assert_same_state, checkpoint_tensors
 from tests.fixtures_cohort import write_tiny_cohort
 from tests.slurm_cluster import LocalSlurm, unavailable_reason
 
@@ -65,15 +66,6 @@ def _submit(cluster: LocalSlurm, root: Path, cohort: Path, preempt: bool) -> str
     )  # fmt: skip
 
 
-def _final_tensors(ckpt: Path) -> dict[tuple, torch.Tensor]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    tensors: dict[tuple, torch.Tensor] = {("model", k): v for k, v in state["state_dict"].items()}
-    for i, opt in enumerate(state["optimizer_states"]):
-        for param, slots in opt["state"].items():
-            tensors |= {("optimizer", i, param, k): v for k, v in slots.items() if torch.is_tensor(v)}
-    return tensors
-
-
 @pytest.mark.slow
 def test_sbatch_ddp_job_and_preempted_requeued_job_end_with_the_same_weights(cluster: LocalSlurm,
                                                                              tmp_path: Path) -> None:  # fmt: skip
@@ -106,11 +98,8 @@ def test_sbatch_ddp_job_and_preempted_requeued_job_end_with_the_same_weights(clu
     manifest = json.loads((resumed / "run_manifest.json").read_text())
     assert manifest["resume"]["ckpt_path"] == str(hpc), manifest.get("resume")
 
-    want = _final_tensors(run / "checkpoints" / "last.ckpt")
-    got = _final_tensors(resumed / "checkpoints" / "last.ckpt")
-    assert want.keys() == got.keys() and any(k[0] == "optimizer" for k in want)
-    diffs = {k: (want[k].double() - got[k].double()).abs().max().item() for k in want if want[k].numel()}
-    assert all(torch.equal(want[k], got[k]) for k in want), {k: d for k, d in diffs.items() if d}
+    assert_same_state(checkpoint_tensors(run / "checkpoints" / "last.ckpt"),
+                      checkpoint_tensors(resumed / "checkpoints" / "last.ckpt"))
 
 
 @pytest.mark.parametrize(("kind", "env", "args", "message"), [
@@ -141,6 +130,21 @@ def test_sbatch_passes_the_allocation_and_expands_the_experiment() -> None:
                  "--trainer.devices 4 --trainer.num_nodes 2", "--trainer.default_root_dir outputs/slurm/77"):
         assert part in cmd, cmd
     assert cmd.count("trainer/gpu.yaml") == 1 and "logger/wandb.yaml" in cmd
+
+
+def test_ckpt_starts_a_job_but_its_own_hpc_checkpoint_wins_after_a_requeue(tmp_path: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env = {**base, "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_ID": "9", "DRY_RUN": "1",
+           "TOFGAN_JOB_ROOT": str(tmp_path), "CKPT": "runs/a/last.ckpt"}
+
+    def command() -> str:
+        return subprocess.run(["bash", "scripts/slurm_fit.sh", "cpu", "configs/experiment/cpu_wgan_gp.yaml"], cwd=REPO,
+                              env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+    assert "--ckpt_path runs/a/last.ckpt" in command() and f"--trainer.default_root_dir {tmp_path}/9" in command()
+    (tmp_path / "9").mkdir()
+    (tmp_path / "9" / "hpc_ckpt_1.ckpt").write_bytes(b"")  # this job was pre-empted once: Lightning resumes from it
+    assert "--ckpt_path" not in command()
 
 
 def test_requeue_checkpoint_with_a_foreign_class_path_is_refused() -> None:

@@ -25,14 +25,14 @@ SHAPE_CASES = [
 
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("kwargs, in_shape, out_shape", SHAPE_CASES)
-def test_shape_2d_and_3d(dims, kwargs, in_shape, out_shape):
+def test_shape_2d_and_3d(dims: int, kwargs: dict, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
     extra = (8,) if dims == 3 else ()
     net = UNet(spatial_dims=dims, **kwargs).eval()
     with torch.no_grad():
         assert net(torch.randn(*in_shape, *extra)).shape == (*out_shape, *extra)
 
 
-def test_paper_parameter_counts():
+def test_paper_parameter_counts() -> None:
     """3D paper (Hilbert-style, 4 levels 32–256, BN, input BN, 2 FC): 5,970,435, the notes' count; without the
     BN, input BN and bottleneck it is the half U-Net topology in 3D (5,836,033); the 2D half U-Net is unchanged."""
     with torch.device("meta"):
@@ -46,7 +46,7 @@ def test_paper_parameter_counts():
     assert count_parameters(brave) - count_parameters(plain3d) == bn + 2 * (256 * 256 + 256)
 
 
-def test_block_layout_relu_before_bn_input_bn_and_bottleneck():
+def test_block_layout_relu_before_bn_input_bn_and_bottleneck() -> None:
     net = UNet(features=(4, 8, 16), **BRAVE)
     assert isinstance(net.input_norm, nn.BatchNorm3d)
     first, second = net.encoders[0]
@@ -56,7 +56,7 @@ def test_block_layout_relu_before_bn_input_bn_and_bottleneck():
     assert len(convs) == 2 and all(c.kernel_size == (1, 1, 1) and c.in_channels == c.out_channels == 16 for c in convs)
 
 
-def test_half_unet_is_the_plain_configuration():
+def test_half_unet_is_the_plain_configuration() -> None:
     """Same modules and state-dict keys as before the generalisation: old checkpoints keep loading."""
     net = HalfUNet2D(features=(4, 8, 16))
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) for m in net.modules())
@@ -70,12 +70,12 @@ def test_half_unet_is_the_plain_configuration():
     [({"adn_ordering": "AN"}, "adn_ordering"), ({"bottleneck_fc": -1}, "bottleneck_fc"),
      ({"spatial_dims": 4}, "spatial_dims"), ({"features": (4,)}, "features")],
 )
-def test_invalid_arguments_name_the_class(kwargs, match):
+def test_invalid_arguments_name_the_class(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=f"UNet: .*{match}"):
         UNet(**kwargs)
 
 
-def test_3d_sliding_window_equals_direct_forward_when_one_window_covers_the_volume():
+def test_3d_sliding_window_equals_direct_forward_when_one_window_covers_the_volume() -> None:
     torch.manual_seed(0)
     net = UNet(features=(2, 4, 8), **BRAVE)
     with torch.no_grad():  # non-trivial running statistics
@@ -87,7 +87,7 @@ def test_3d_sliding_window_equals_direct_forward_when_one_window_covers_the_volu
     torch.testing.assert_close(m.predict_volume(vol), direct, rtol=1e-5, atol=1e-6)
 
 
-def test_sliding_window_counts_of_the_paper_volume():
+def test_sliding_window_counts_of_the_paper_volume() -> None:
     """Windows of (128, 128, 64) on the PEGASUS 312×384×127 grid: 18 / 36 / 60 at overlap 0 / 0.25 / 0.5."""
     for overlap, want in ((0.0, 18), (0.25, 36), (0.5, 60)):
         calls = []
@@ -101,6 +101,6 @@ def test_sliding_window_counts_of_the_paper_volume():
         assert sum(calls) == want, overlap
 
 
-def test_roi_dimensionality_must_match_the_net():
+def test_roi_dimensionality_must_match_the_net() -> None:
     with pytest.raises(ValueError, match=r"roi_size \[32, 32\] has 2 entries but the net UNet is 3D"):
         SegmentationModule(UNet(features=(2, 4)), roi_size=(32, 32))
