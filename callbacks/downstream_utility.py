@@ -2,11 +2,11 @@
 the GAN's own samples (the DP paper chose its GAN epoch this way, SPEC §3.3).
 
 Every `every_n_epochs` training epochs: `n_samples` pairs from `pl_module.generate(seed=seed)` (fixed
-noise, so epochs are compared on equal terms), a small half U-Net trained on them for `max_steps` Adam steps
-with the paper's soft-Dice loss and per-patch z-score (a plain torch loop on the GAN's device: no nested
-Trainer, which would fight the outer one over loggers, callbacks and the DDP process group), then the DSC
-pooled over all voxels of the real validation patches (the image and label of the GAN datamodule's
-`val_dataloader()`, or of a patch store given as `val_store`), as `SegmentationModule` pools `val/dsc`.
+noise, so epochs are compared on equal terms), a small half U-Net (2D or 3D, as the GAN's samples) trained on
+them for `max_steps` Adam steps with the paper's soft-Dice loss and per-patch z-score (a plain torch loop on the
+GAN's device: no nested Trainer, which would fight the outer one over loggers, callbacks and the DDP process
+group), then the DSC pooled over all voxels of the real validation patches (the image and label of the GAN
+datamodule's `val_dataloader()`, or of a patch store given as `val_store`), as `SegmentationModule` pools `val/dsc`.
 Logged: `val/utility_dsc` and `val/utility_seconds` (also printed), at the end of the validation epoch when
 the GAN runs a validation loop (so a ModelCheckpoint that monitors it sees it), else at the training epoch's end.
 
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from monai.losses import DiceLoss
+from torch import nn
 from tqdm.auto import tqdm
 
 from lightning_modules.segmentation import zscore
@@ -118,6 +119,10 @@ class DownstreamUtilityCallback(Callback):
 
     def _fit_and_validate(self, images: torch.Tensor, labels: torch.Tensor,
                           val_batches: Iterable[dict[str, torch.Tensor]], device: torch.device) -> float:
+        return self.validate(self.train_unet(images, labels, device), val_batches, device)
+
+    def train_unet(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> nn.Module:
+        """The small half U-Net (2D or 3D, as the samples: (N, 1, H, W[, D])) after `max_steps` Adam steps."""
         torch.manual_seed(self.seed)  # inside fork_rng: the U-Net's init and dropout only
         net = HalfUNet2D(spatial_dims=images.ndim - 2, features=self.unet_features, dropout=0.0).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
@@ -131,21 +136,24 @@ class DownstreamUtilityCallback(Callback):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        net.eval()
+        return net.eval()
+
+    @torch.no_grad()
+    def validate(self, net: nn.Module, val_batches: Iterable[dict[str, torch.Tensor]], device: torch.device) -> float:
+        """DSC pooled over every voxel of the (first `max_val_patches`) real validation patches."""
         tp = fp = fn = 0.0
         seen = 0
-        with torch.no_grad():
-            for batch in val_batches:
-                x, y = batch["image"].to(device).float(), batch["label"].to(device) > 0.5
-                if self.max_val_patches is not None:
-                    x, y = x[: self.max_val_patches - seen], y[: self.max_val_patches - seen]
-                pred = torch.sigmoid(net(zscore(x))) >= self.threshold
-                tp += float((pred & y).sum())
-                fp += float((pred & ~y).sum())
-                fn += float((~pred & y).sum())
-                seen += len(x)
-                if self.max_val_patches is not None and seen >= self.max_val_patches:
-                    break
+        for batch in val_batches:
+            x, y = batch["image"].to(device).float(), batch["label"].to(device) > 0.5
+            if self.max_val_patches is not None:
+                x, y = x[: self.max_val_patches - seen], y[: self.max_val_patches - seen]
+            pred = torch.sigmoid(net(zscore(x))) >= self.threshold
+            tp += float((pred & y).sum())
+            fp += float((pred & ~y).sum())
+            fn += float((~pred & y).sum())
+            seen += len(x)
+            if self.max_val_patches is not None and seen >= self.max_val_patches:
+                break
         if seen == 0:
             raise ValueError("callbacks/downstream_utility.py: the validation loader gave no patches")
         return pooled_dsc(tp, fp, fn)

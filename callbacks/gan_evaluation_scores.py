@@ -37,8 +37,8 @@ from metrics.memorisation import embed_2d
 from metrics.plots import plot_embedding, plot_prd_curves
 from metrics.prd import PRDResult, prd_from_embeddings
 
-LABEL_KEYS = ("w1_radius_mm", "w1_vessel_fraction", "w1_n_components", "w1_largest_share", "w1_tissue_to_vessel",
-              "w1_contrast", "absdiff_empty_fraction")
+LABEL_KEYS = ("w1_radius_mm", "w1_vessel_fraction", "w1_n_components", "w1_largest_share", "w1_speck_share",
+              "w1_tissue_to_vessel", "w1_contrast", "absdiff_empty_fraction")
 
 
 class PatchReservoir:

@@ -6,7 +6,9 @@ One critic step (= one `training_step` on a fresh Poisson batch of the training 
 1. private real term: −D(real) with opacus' per-sample hooks on; at patient level the per-patch rows are
    averaged per patient (one row per sampled patient); an empty draw gives zero rows (a noise-only step);
 2. public fake term: ∇ mean D(G(z)) with the hooks off, from a FIXED number of fakes (never the realised
-   batch size, which would leak |S| — the parent's step ties them, so it is replaced here);
+   batch size, which would leak |S| — the parent's step ties them, so it is replaced here). With
+   `fake_term: joint` there is no public term: each private row is ∇[−D(realᵢ) + D(fakeᵢ)] (one fresh fake per
+   real row), so both terms are clipped alike (the CPU recipe, docs/DP_RESULTS.md);
 3. `PublicGradDPOptimizer.step()`: clip each row to C, sum, add N(0, σ²C²) once, divide by B_exp, add the
    public term, RMSprop; the accountant's hook takes exactly one step with the sampler's q;
 4. weight clipping ±0.01 (post-processing).
@@ -20,6 +22,11 @@ term, G-step and weight clip are post-processing. Nothing computed on the real b
 realised sizes or clip fractions): only train/fake_score, train/generator_loss and privacy/* (`LOGGED_METRICS`).
 The noise and the Poisson draws use OS entropy unless a seed is given (tests only: a known seed voids the
 guarantee). No CSPRNG (opacus secure_mode needs torchcsprng, unavailable for this torch): stated in the record.
+
+DP fine-tuning (`pretrained` + `critic_trainable`): start from a GAN trained on public (simulated) data and let
+DP-SGD train only the critic's head and normaliser affine parameters — the noise norm grows with √(trained
+parameters), the clipped signal does not. The generator is post-processing of the critic: it trains fully.
+The ε record (logging, manifest, checkpoint, W&B) is `lightning_modules.dp_record.PrivacyRecord`.
 
 Epoch = `steps_per_epoch` = round(1/q) critic steps (≈ one pass over the patches, or patients); the accountant
 counts critic steps, so ε does not depend on that definition. DDP: the critic step runs in `no_sync` and the
@@ -38,15 +45,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.loggers import WandbLogger
 from opacus import GradSampleModule
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.nn.utils import parametrize
 
 from lightning_modules.dp_accounting import (PublicGradDistributedDPOptimizer, PublicGradDPOptimizer, accountant_steps,
-                                             epsilon_of, epsilon_report, make_accountant, noise_for_target,
-                                             opacus_version, steps_within_budget)  # fmt: skip
+                                             make_accountant, noise_for_target, steps_within_budget)  # fmt: skip
+from lightning_modules.dp_record import PrivacyRecord
 from lightning_modules.wgan import WGANGP, gradient_penalty
 
 #: The only metrics this module logs: public quantities (functions of the released networks and fresh noise) and ε.
@@ -69,6 +75,20 @@ def check_dp_critic(critic: nn.Module) -> None:
         raise ValueError(f"lightning_modules/dp_wgan.py: the critic is not DP-compatible (opacus): {errors}")
 
 
+def freeze_critic(critic: nn.Module, trainable: str) -> None:
+    """requires_grad only on the parameters `trainable` names (DPWGAN's critic_trainable); opacus, the optimisers and
+    Lightning's optimiser toggling all skip frozen parameters."""
+    if trainable == "all":
+        return
+    leaves = [m for m in critic.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
+    keep = {leaves[-1]}
+    if trainable == "head_and_norms":
+        keep |= {m for m in leaves if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm))}
+    for m in leaves:
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(m in keep)
+
+
 @contextlib.contextmanager
 def quiet_backward_hooks() -> Iterator[None]:
     """opacus' full backward hooks stay registered (disabled by a flag); torch warns at every critic backward that
@@ -78,7 +98,7 @@ def quiet_backward_hooks() -> Iterator[None]:
         yield
 
 
-class DPWGAN(WGANGP):
+class DPWGAN(PrivacyRecord, WGANGP):
     """Weight-clipped WGAN whose critic is trained with DP-SGD (module docstring).
 
     Args (beyond `WGANGP`'s; the gradient penalty is off: weight clipping bounds the critic, as in the paper):
@@ -88,8 +108,13 @@ class DPWGAN(WGANGP):
             critic steps (max_epochs × steps per epoch, or max_steps); in both cases training stops hard when
             one more step would exceed it.
         delta: δ; None → min(1/N, 1e-3) with N the patches (patch level) or patients (patient level).
-        fake_term: "public" (unclipped ∇ mean D(fake)) or "public_batch_clipped" (rescaled to norm ≤ C).
-        fake_batch_size: fakes per critic step (global, fixed); None → the expected real batch (patches).
+        fake_term: "public" (unclipped ∇ mean D(fake), added after the noise: the paper-faithful split),
+            "public_batch_clipped" (that term rescaled to norm ≤ C), or "joint": each clipped row is
+            ∇[−D(realᵢ) + D(fakeᵢ)] with one fresh fake per real row (DCGAN example of opacus; jusjusjus
+            DP-WGAN-GP), so real and fake terms are clipped alike — the critic's per-sample norms are ≫ C,
+            and with an unclipped public term the critic learns almost only from the fakes (docs/DP_RESULTS.md).
+        fake_batch_size: fakes per critic step (global, fixed) and per generator step; None → the expected real batch
+            (patches). With fake_term "joint" the critic's fakes are one per real row instead.
         gradient_penalty: "none" (weight clipping only, the paper) or "per_sample_func" (DP-WGAN-GP: a per-sample
             penalty inside each clipped row, by torch.func; set weight_clip null with it).
         penalty_weight: λ of that penalty.
@@ -97,6 +122,11 @@ class DPWGAN(WGANGP):
         dp_noise_seed: seed of the DP noise; None = OS entropy. A seed is for tests only (it voids the guarantee).
         pretrained: a GAN checkpoint trained on PUBLIC data (e.g. the simulated cohort) whose generator and critic
             weights start a fresh fit (not a resume): DP fine-tuning; the public pre-training costs no privacy.
+        critic_trainable: critic parameters DP-SGD trains; the others stay frozen at their initial (with `pretrained`:
+            public pre-trained) values. "all"; "head" (the last layer with parameters); "head_and_norms" (plus the
+            normalisers' affine scales and shifts). The noise norm grows as √(trained parameters) while the clipped
+            signal does not, so fine-tuning a few hundred parameters of a public critic keeps the update's
+            signal-to-noise ratio usable where training all 10⁴–10⁷ drowns it (DP fine-tuning practice).
     """
 
     def __init__(
@@ -112,13 +142,14 @@ class DPWGAN(WGANGP):
         max_grad_norm: float = 1.0,
         target_epsilon: float | None = None,
         delta: float | None = None,
-        fake_term: Literal["public", "public_batch_clipped"] = "public",
+        fake_term: Literal["public", "public_batch_clipped", "joint"] = "public",
         fake_batch_size: int | None = None,
         gradient_penalty: Literal["none", "per_sample_func"] = "none",
         penalty_weight: float = 10.0,
         prv_alongside: bool = True,
         dp_noise_seed: int | None = None,
         pretrained: str | None = None,
+        critic_trainable: Literal["all", "head", "head_and_norms"] = "all",
         label_encoding: Literal["symmetric", "binary"] = "symmetric",
         label_threshold: float | None = None,
         n_sample_grid: int = 16,
@@ -135,8 +166,9 @@ class DPWGAN(WGANGP):
         if (noise_multiplier is not None and noise_multiplier < 0) or max_grad_norm <= 0:
             raise ValueError(f"lightning_modules/dp_wgan.py: need noise_multiplier ≥ 0 and max_grad_norm > 0, got"
                              f" {noise_multiplier}, {max_grad_norm}")  # fmt: skip
-        if fake_term not in ("public", "public_batch_clipped"):
-            raise ValueError(f"lightning_modules/dp_wgan.py: fake_term must be 'public' or 'public_batch_clipped', got {fake_term!r}")
+        if fake_term not in ("public", "public_batch_clipped", "joint"):
+            raise ValueError(f"lightning_modules/dp_wgan.py: fake_term must be 'public', 'public_batch_clipped' or 'joint',"
+                             f" got {fake_term!r}")  # fmt: skip
         self.private = noise_multiplier is None or math.isfinite(noise_multiplier)
         self.sigma = noise_multiplier
         self.max_grad_norm, self.target_epsilon, self.delta = max_grad_norm, target_epsilon, delta
@@ -146,6 +178,11 @@ class DPWGAN(WGANGP):
             raise ValueError(f"lightning_modules/dp_wgan.py: gradient_penalty must be 'none' or 'per_sample_func' and"
                              f" penalty_weight ≥ 0, got {gradient_penalty!r}, {penalty_weight}")  # fmt: skip
         self.gradient_penalty, self.penalty_weight = gradient_penalty, penalty_weight
+        if critic_trainable not in ("all", "head", "head_and_norms"):
+            raise ValueError(f"lightning_modules/dp_wgan.py: critic_trainable must be 'all', 'head' or 'head_and_norms',"
+                             f" got {critic_trainable!r}")  # fmt: skip
+        self.critic_trainable = critic_trainable
+        freeze_critic(self.critic, critic_trainable)
         self.accountant = make_accountant("rdp")
         self.sampling: dict[str, Any] = {}
         self.step_budget: int | None = None
@@ -251,10 +288,12 @@ class DPWGAN(WGANGP):
         no_sync = ddp.no_sync() if (ddp is not None and self.private) else torch.enable_grad()
         with no_sync, self.toggled_optimizer(opt):  # the DP optimiser all-reduces the privatised gradient itself
             opt.zero_grad(set_to_none=True)  # also clears grad_sample / summed_grad
-            fake = self._fake_batch()
+            fake = None if (self.private and self.fake_term == "joint") else self._fake_batch()
+            fake_score = None
             if self.private:
-                self._private_real_grad(real, patients, fake)
-                fake_score = self._public_fake_grad(fake)
+                self._private_rows(real, patients)
+                if fake is not None:
+                    fake_score = self._public_fake_grad(fake)
             else:
                 fake_score = self._nonprivate_grad(real, fake)
             opt.step()
@@ -266,24 +305,30 @@ class DPWGAN(WGANGP):
                 for p in self.critic.parameters():
                     p.clamp_(-self.weight_clip, self.weight_clip)
         self.step_counts["critic"] += 1
-        self.log("train/fake_score", fake_score, batch_size=self.fake_batch_per_rank())
+        if fake_score is not None:  # joint rows: the fakes are inside the private sum (|S| of them): nothing logged
+            self.log("train/fake_score", fake_score, batch_size=self.fake_batch_per_rank())
 
-    def _private_real_grad(self, real: torch.Tensor, patients: torch.Tensor | None, fake: torch.Tensor) -> None:
-        """grad_sample = per-sample (patch level) or per-patient-mean (patient level) gradients of the real term."""
+    def _private_rows(self, real: torch.Tensor, patients: torch.Tensor | None) -> None:
+        """grad_sample = the rows opacus clips: per patch (patch level) or per-patient mean (patient level) gradients of
+        ℓᵢ = −D(realᵢ) [+ D(fakeᵢ) with fake_term "joint"] [+ λ·GPᵢ with the per-sample penalty].
+
+        fakeᵢ (joint term, penalty partner) is one fresh fake per real row, drawn from noise independent of the data:
+        coupling the fakes of the records two neighbouring batches share, adding or removing one record adds or
+        removes one row (norm ≤ C), so the sensitivity stays C. Their number |S| is visible only through the noised sum.
+        """
         params = [p for p in self.critic.parameters() if p.requires_grad]
         if real.shape[0] == 0:  # empty Poisson draw: a noise-only step, still counted (never skipped)
             for p in params:
                 p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
             return
+        partner = None
+        if self.fake_term == "joint" or self.gradient_penalty == "per_sample_func":
+            with torch.no_grad():
+                partner = self.generator(self.sample_noise(len(real), self.step_rng("critic_rows"))).to(real.dtype)
         if self.gradient_penalty == "per_sample_func":
-            self._per_sample_penalty_grads(real, fake)
+            self._per_sample_penalty_grads(real, partner)
         else:
-            self.gsm.enable_hooks()
-            try:
-                with quiet_backward_hooks():
-                    self.manual_backward(-self.critic(real).float().mean())  # loss_reduction="mean": rows = per-sample grads
-            finally:
-                self.gsm.disable_hooks()
+            self._hooked_rows(real, partner if self.fake_term == "joint" else None)
         if self.sampling["unit"] == "patient":
             if patients is None:
                 raise ValueError("lightning_modules/dp_wgan.py: patient-level DP needs batches with 'patient' ids")
@@ -293,14 +338,35 @@ class DPWGAN(WGANGP):
                 rows = torch.zeros((len(counts), *p.shape), device=p.device, dtype=p.grad_sample.dtype)
                 p.grad_sample = rows.index_add_(0, segment, p.grad_sample) / counts.view(-1, *[1] * p.dim())
 
-    def _per_sample_penalty_grads(self, real: torch.Tensor, fake: torch.Tensor) -> None:
+    def _hooked_rows(self, real: torch.Tensor, joint_fake: torch.Tensor | None) -> None:
+        """Per-sample rows by opacus' hooks: ∇(−D(realᵢ)), or with joint fakes ∇(−D(realᵢ)) + ∇D(fakeᵢ) from ONE
+        forward/backward of [real; fake] (GroupNorm/InstanceNorm are per sample, so concatenating mixes nothing)."""
+        x = (real if joint_fake is None else torch.cat([real, joint_fake])).detach().requires_grad_(True)
+        sign = torch.ones(len(x), device=x.device)
+        sign[: len(real)] = -1.0
+        self.gsm.enable_hooks()
+        try:
+            with quiet_backward_hooks():  # loss_reduction="mean": grad_sample rows = ∇(sign_j·D(x_j))
+                # differentiate w.r.t. the INPUT: the hooks still see every layer's output gradient, but autograd
+                # skips the batch-summed weight gradients (p.grad), which DP-SGD replaces by the clipped sum anyway
+                torch.autograd.grad((sign * self.critic(x).float()).mean(), [x])
+        finally:
+            self.gsm.disable_hooks()
+        if joint_fake is not None:
+            for p in self.critic.parameters():
+                if p.requires_grad:
+                    p.grad_sample = p.grad_sample[: len(real)] + p.grad_sample[len(real) :]
+
+    def _per_sample_penalty_grads(self, real: torch.Tensor, partner: torch.Tensor) -> None:
         """DP-WGAN-GP: rows ∇θ[−D(xᵢ) + λ(‖∇ₓD(x̂ᵢ)‖ − 1)²] by torch.func (opacus hooks cannot do the double backward).
 
-        The penalty touches real_i, so it is inside the clipped row. x̂ᵢ pairs real_i with the public fake i mod B_fake.
+        The penalty touches real_i, so it is inside the clipped row. x̂ᵢ pairs real_i with partner i (mod its length:
+        `_private_rows` passes one fresh fake per row); with fake_term "joint" the row also has +D(partnerᵢ).
         """
         names = [n for n, p in self.critic.named_parameters() if p.requires_grad]
+        joint = self.fake_term == "joint"
         params = {n: p.detach() for n, p in self.critic.named_parameters() if p.requires_grad}
-        partner = fake.detach().to(real.dtype)[torch.arange(len(real), device=real.device) % len(fake)]
+        partner = partner.detach().to(real.dtype)[torch.arange(len(real), device=real.device) % len(partner)]
         eps = torch.rand(len(real), *[1] * (real.dim() - 1), generator=self.step_rng("penalty"), device=real.device)
 
         def score(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -308,7 +374,8 @@ class DPWGAN(WGANGP):
 
         def loss(p: dict[str, torch.Tensor], x: torch.Tensor, f: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
             g = torch.func.grad(score, argnums=1)(p, e * x + (1 - e) * f)
-            return -score(p, x) + self.penalty_weight * (torch.sqrt((g.float() ** 2).sum() + 1e-12) - 1) ** 2
+            fake_score = score(p, f) if joint else 0.0
+            return -score(p, x) + fake_score + self.penalty_weight * (torch.sqrt((g.float() ** 2).sum() + 1e-12) - 1) ** 2
 
         rows = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0, 0), randomness="different")(params, real, partner, eps)
         for name, p in self.critic.named_parameters():
@@ -342,67 +409,3 @@ class DPWGAN(WGANGP):
             loss = loss + self.penalty_weight * gradient_penalty(self.critic, real, partner, eps.to(real.dtype), self.grad_scaler)
         self.manual_backward(loss)
         return fake_score.detach()
-
-    # ----------------------------------------------------------------- privacy record
-    def epsilon(self) -> float:
-        if not self.private:
-            return math.inf
-        return epsilon_of(self.accountant.history, self.delta, "rdp") if self.delta else 0.0
-
-    def on_train_epoch_end(self) -> None:
-        """ε after this epoch (public); the σ = ∞ reference logs nothing here (its ε is ∞ by construction)."""
-        if self.private:
-            self.log_dict({"privacy/epsilon": self.epsilon(), "privacy/noise_multiplier": float(self.sigma),
-                           "privacy/accountant_steps": float(accountant_steps(self.accountant.history))})
-
-    def privacy_report(self) -> dict[str, Any]:
-        """What the guarantee is and how it was computed (note §4): for the manifest, checkpoint and synthetic stores."""
-        history = [list(h) for h in self.accountant.history]
-        s = self.sampling
-        record: dict[str, Any] = {
-            "unit": s.get("unit"), "adjacency": "add/remove one " + (s.get("unit") or "record"), "private": self.private,
-            "noise_multiplier": self.sigma, "max_grad_norm": self.max_grad_norm, "sampling": s.get("sampling"),
-            "sample_rate": s.get("sample_rate"), "expected_batch_size": s.get("expected_batch_size"),
-            "population": s.get("population"), "n_canaries": s.get("n_canaries"),
-            "patches_per_patient": s.get("patches_per_patient"),
-            "steps": accountant_steps(self.accountant.history), "steps_per_epoch": s.get("steps_per_epoch"),
-            "epoch_definition": "round(1/q) critic steps; ε counts critic steps, one per real-data critic update",
-            "delta": self.delta, "accountant": "rdp (guarantee); prv alongside, labelled", "history": history,
-            "target_epsilon": self.target_epsilon, "step_budget": self.step_budget, "n_critic": self.n_critic,
-            "fake_term": self.fake_term, "gradient_penalty": self.gradient_penalty, "fake_batch_size": self.fake_batch_size, "weight_clip": self.weight_clip,
-            "opacus_version": opacus_version(), "secure_mode": False,
-            "rng": "os-entropy" if self.dp_noise_seed is None else "seeded (testing only: a known seed voids the guarantee)",
-            "pretrained_on_public_data": self.pretrained,
-            "selection_note": "epoch/model selection on private validation patients is outside the guarantee unless they are public",
-        }  # fmt: skip
-        if not self.private:
-            return {**record, "epsilon": math.inf, "epsilon_prv": math.inf, "prv_note": "non-private (σ = ∞)"}
-        record.update(epsilon_report(self.accountant.history, self.delta or 1e-5, self.prv_alongside))
-        if s.get("unit") == "patient" and self.delta != 1e-5:
-            record["epsilon_at_delta_1e-5"] = epsilon_of(self.accountant.history, 1e-5, "rdp")
-        return record
-
-    def manifest_extras(self) -> dict[str, Any]:
-        return {"privacy": self.privacy_report()}
-
-    def on_fit_end(self) -> None:
-        """ε in the W&B summary (the run manifest and checkpoints carry the full record)."""
-        if self.global_rank != 0:
-            return
-        report = self.privacy_report()
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.summary.update({f"privacy/{k}": report[k] for k in ("epsilon", "epsilon_prv", "delta",
-                                                  "noise_multiplier", "sample_rate", "steps", "unit")})  # fmt: skip
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["privacy"] = self.privacy_report()
-        checkpoint["dp_accountant"] = {"history": [list(h) for h in self.accountant.history], "sigma": self.sigma}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("dp_accountant")
-        if saved is not None:  # a resumed run continues the count (and keeps a σ chosen from a target ε)
-            self.accountant.history = [tuple(h) for h in saved["history"]]
-            self.sigma = saved["sigma"] if self.sigma is None else self.sigma

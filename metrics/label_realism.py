@@ -2,7 +2,8 @@
 
 FID and PRD look at the image channel only; the 3D paper's synthetic labels were sparse and broken into
 specks without FID noticing. These measures look at the label and at its agreement with the image:
-per patch the vessel fraction, connected components and the largest component's share, the mean image
+per patch the vessel fraction, connected components (26-connected in 3D), the largest component's share and the
+share of vessel voxels in specks (`vessel_stats.component_stats`), the mean image
 intensity inside and outside the label (and their ratio, "tissue ≈ 0.15–0.25 of vessel" in real TOF);
 pooled over patches the vessel radii on the centreline. Synthetic and real sets are compared by
 Wasserstein-1 distances between the per-patch (or per-centreline-voxel) distributions and by absolute
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 
 from metrics.vessel_stats import component_stats, radius_samples_mm, vessel_fraction
 
-PER_PATCH = ("vessel_fraction", "n_components", "largest_share", "mean_in", "mean_out", "tissue_to_vessel", "contrast")
+PER_PATCH = ("vessel_fraction", "n_components", "largest_share", "speck_share", "mean_in", "mean_out", "tissue_to_vessel",
+             "contrast")
 
 
 @dataclass
@@ -35,6 +37,7 @@ class LabelRealismStats:
     vessel_fraction: np.ndarray
     n_components: np.ndarray
     largest_share: np.ndarray
+    speck_share: np.ndarray
     mean_in: np.ndarray
     mean_out: np.ndarray
     tissue_to_vessel: np.ndarray
@@ -125,6 +128,7 @@ def label_realism_stats(
         cols["n_components"][k] = comps["n_components"]
         if comps["n_components"]:
             cols["largest_share"][k] = comps["largest_share"]
+            cols["speck_share"][k] = comps["speck_share"]
         radii.append(radius_samples_mm(lab[k], spacing))
         if img is not None:
             m_in, m_out = patch_intensity_stats(img[k], lab[k])

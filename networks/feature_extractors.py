@@ -162,42 +162,66 @@ class MedicalNetFeatures(FeatureExtractor):
     Built with MONAI's ResNet (shortcut B, no downsample bias, conv1 stride 2, no FC head) and, by
     default, patched to MedicalNet's own geometry (layer3/layer4 stride 1 with dilation 2/4 instead of
     MONAI's stride 2), so the loaded weights see the receptive fields they were trained with.
-    Input mapping: image channel → per-sample z-score (`normalisation`) → axes used as stored
-    ((x, y, z), the order MedicalNet's loader fed nibabel arrays in). A 2D patch gets a singleton depth
-    axis, so only the central plane of each 3D kernel touches data (zero padding elsewhere).
+    Input mapping (`normalisation`), applied alike to real and synthetic patches:
+      * "zscore": per-sample z-score over all voxels;
+      * "medicalnet_nonzero": the 3D paper's (`medicalnet_input_mapping`): per-sample min–max to [0, 255]
+        (the authors' scaling of generated patches), mean and std of the voxels > 0, voxels == 0 replaced
+        by N(0, 1) noise; the noise is seeded by `noise_seed` and the patch's own bytes (the authors drew it
+        unseeded), so a patch gets the same features in any batch;
+      * "none".
+    Axes are used as stored ((x, y, z), the order MedicalNet's loader fed nibabel arrays in). A 2D patch
+    gets a singleton depth axis, so only the central plane of each 3D kernel touches data.
+    Weights: `weights_path`, or else `<torch hub dir>/checkpoints/resnet_<depth>_23dataset.pth`.
     """
 
     def __init__(
         self,
-        weights_path: str,
+        weights_path: str | None = None,
         depth: Literal[10, 50] = 10,
         channel: int = 0,
-        normalisation: Literal["zscore", "none"] = "zscore",
+        normalisation: Literal["zscore", "medicalnet_nonzero", "none"] = "zscore",
         medicalnet_geometry: bool = True,
+        noise_seed: int = 0,
     ) -> None:
         super().__init__(channel)
         from monai.networks.nets import resnet10, resnet50
 
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"MedicalNet weights file {path} not found; get resnet_{depth}_23dataset.pth (or resnet_{depth}.pth) "
-                f"from github.com/Tencent/MedicalNet or huggingface.co/TencentMedicalNet/MedicalNet-Resnet{depth} "
-                "and pass its path as weights_path"
-            )
         if depth not in (10, 50):
             raise ValueError(f"MedicalNetFeatures: depth must be 10 or 50, got {depth}")
+        if normalisation not in ("zscore", "medicalnet_nonzero", "none"):
+            raise ValueError(f"MedicalNetFeatures: unknown normalisation {normalisation!r}")
+        path = self._resolve_weights(weights_path, depth)
         builder = resnet10 if depth == 10 else resnet50
         self.net = builder(spatial_dims=3, n_input_channels=1, shortcut_type="B", bias_downsample=False,
                            conv1_t_stride=2, feed_forward=False)
         self._load(path)
         for layer, dilation in ((self.net.layer3, 2), (self.net.layer4, 4)) if medicalnet_geometry else ():
             self._dilate(layer, dilation)
-        self.normalisation = normalisation
+        self.normalisation, self.noise_seed = normalisation, int(noise_seed)
+        mapping = (f"per-sample min-max to [0,255]; mean/std of voxels > 0; voxels == 0 -> N(0,1) noise seeded by "
+                   f"noise_seed {self.noise_seed} and the patch bytes" if normalisation == "medicalnet_nonzero"
+                   else f"per-sample {normalisation}")
         self._identify(f"medicalnet_resnet{depth}" + ("" if medicalnet_geometry else "_monai_geometry"), path,
                        512 if depth == 10 else 2048,
-                       f"channel {channel}; per-sample {normalisation}; 2D -> singleton depth; axes (x,y,z) as "
-                       "stored; global average pool of layer4")
+                       f"channel {channel}; {mapping}; 2D -> singleton depth; axes (x,y,z) as stored; "
+                       "global average pool of layer4")
+
+    @staticmethod
+    def _resolve_weights(weights_path: str | None, depth: int) -> Path:
+        fname = f"resnet_{depth}_23dataset.pth"
+        source = (f"github.com/Tencent/MedicalNet or huggingface.co/TencentMedicalNet/MedicalNet-Resnet{depth}; "
+                  "this machine cannot download it")
+        if weights_path is not None:
+            path = Path(weights_path).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"MedicalNet weights file {path} not found; get {fname} (or resnet_{depth}.pth) "
+                                        f"from {source}, and pass its path as weights_path")
+            return path
+        path = Path(torch.hub.get_dir()) / "checkpoints" / fname
+        if not path.is_file():
+            raise FileNotFoundError(f"MedicalNet weights not found: put {fname} into {path.parent} or pass weights_path "
+                                    f"(get it from {source})")
+        return path
 
     def _load(self, path: Path) -> None:
         state = _read_state_dict(path, "MedicalNet weights file")
@@ -220,7 +244,37 @@ class MedicalNetFeatures(FeatureExtractor):
             x = x.unsqueeze(-1)
         if self.normalisation == "zscore":
             x = _zscore(x)
+        elif self.normalisation == "medicalnet_nonzero":
+            x = medicalnet_input_mapping(x, self.noise_seed)
         return self.net(x).float()
+
+
+def _patch_seed(patch: torch.Tensor, seed: int) -> int:
+    """A seed from `seed` and the patch's bytes: the same patch draws the same noise in any batch or order."""
+    digest = hashlib.sha256(patch.detach().cpu().float().contiguous().numpy().tobytes()).digest()
+    return (int.from_bytes(digest[:8], "little") ^ int(seed)) & ((1 << 63) - 1)
+
+
+def medicalnet_input_mapping(x: torch.Tensor, seed: int = 0, eps: float = 1e-6) -> torch.Tensor:
+    """The 3D paper's MedicalNet input (its `evaluation/MedicalNet` code), per sample of (N, 1, ...):
+    min–max to [0, 255]; mean and std over the voxels > 0; (x − mean) / std there; voxels == 0 → N(0, 1) noise
+    (seeded per patch, see `_patch_seed`). A constant patch maps to all noise."""
+    out = torch.empty_like(x, dtype=torch.float32)
+    for i in range(x.shape[0]):
+        v = x[i].float()
+        lo, hi = v.min(), v.max()
+        v = (v - lo) / (hi - lo).clamp_min(eps) * 255.0
+        fg = v > 0
+        gen = torch.Generator().manual_seed(_patch_seed(x[i], seed))
+        noise = torch.randn(v.shape, generator=gen, dtype=torch.float32).to(v.device)
+        if fg.any():
+            vals = v[fg]
+            std = vals.std(unbiased=False) if vals.numel() > 1 else vals.new_tensor(0.0)
+            v = torch.where(fg, (v - vals.mean()) / (std + eps), noise)
+        else:
+            v = noise
+        out[i] = v
+    return out
 
 
 class _StopForward(Exception):

@@ -141,3 +141,79 @@ def _write_config(tmp_path: Path, kwargs: dict) -> str:
     path = tmp_path / "compare.json"
     path.write_text(json.dumps(kwargs))
     return str(path)
+
+
+# --------------------------------------------------------------------------- 3D: Table 3 and Table A.1
+GANS3D = ["GP", "SN"]
+
+
+def _steps3d() -> dict:
+    steps = {}
+    for k, (training, gan) in enumerate(cmp.unet_rows(GANS3D)):
+        splits = {}
+        for split, shift in (("test", 0.0), ("external", -0.02)):
+            res = {v: {"dsc_mean": 0.7 + 0.01 * k + shift + (0.05 if v == "intracranial" else 0), "dsc_std": 0.02,
+                       "hd95_mean": 9.0, "hd95_std": 1.0, "bavd_mean": 0.5, "bavd_std": 0.1,
+                       "bavd_vox_mean": 1.5 + k, "bavd_vox_std": 0.25, "n_patients": 3} for v in ("all", "intracranial")}
+            splits[split] = {"results": res, "split": "test"}
+        steps[f"unet/{training}-{gan}"] = {"training": training, "gan": gan, "epoch": 2, "val_dsc_patches": 0.6,
+                                           "checkpoint": "x.ckpt", "summaries": splits}  # fmt: skip
+    return steps
+
+
+def test_table3_and_a1_place_dsc_and_voxel_bavd_per_cohort_and_vessel_set():
+    from workflows.compare_report import table3
+
+    rows = result_rows(_steps3d(), GANS3D)
+    assert len(rows) == 5 * 2 * 2  # real, 2 augmented, 2 synthetic-only × test, external × all, intracranial
+    table = table3(rows, GANS3D, "synthetic").splitlines()
+    assert table[0] == ("| data source | PEGASUS-like DSC | PEGASUS-like bAVD (vox) | 1000Plus-like DSC | "
+                        "1000Plus-like bAVD (vox) |")
+    body = [line.split(" | ") for line in table[2:]]
+    assert [b[0] for b in body] == ["| *A) All vessels*", "| GP model", "| SN model", "| Real",
+                                    "| *B) Intracranial vessels*", "| GP model", "| SN model", "| Real"]
+    # unet_rows order: real (k=0), real+synthetic GP (1), SN (2), synthetic GP (3), SN (4)
+    assert body[1][1:] == ["0.730 ± 0.020", "4.500 ± 0.250", "0.710 ± 0.020", "4.500 ± 0.250 |"]
+    assert body[7][1:] == ["0.750 ± 0.020", "1.500 ± 0.250", "0.730 ± 0.020", "1.500 ± 0.250 |"]  # real, intracranial
+    augmented = table3(rows, GANS3D, "real+synthetic").splitlines()
+    assert augmented[3].startswith("| Real + GP model | 0.710 ± 0.020 | 2.500 ± 0.250 | 0.690 ± 0.020 |")
+    steps = _steps3d()
+    for unet in steps.values():  # a summary without voxel bAVD shows the mm value, marked
+        for split in unet["summaries"].values():
+            for res in split["results"].values():
+                del res["bavd_vox_mean"], res["bavd_vox_std"]
+    assert "0.500 ± 0.100 mm" in table3(result_rows(steps, GANS3D), GANS3D, "synthetic")
+
+
+@pytest.mark.slow
+def test_tiny_3d_comparison_end_to_end_and_resume(tmp_path, monkeypatch):
+    cohort = write_tiny_cohort(tmp_path / "cohort", n_patients=6)
+    external = write_tiny_cohort(tmp_path / "external", n_patients=6, seed=3, prefix="e")
+    data = ["--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "1"]
+    seg = ["--config", str(TEST_CONFIGS / "tiny_seg3d.yaml"), *data, "--data.init_args.patch_size", "[32, 32, 8]",
+           "--model.init_args.roi_size", "[32, 32, 8]"]  # the tiny 3D GANs' patch size
+    kwargs = dict(out_dir=str(tmp_path / "cmp3d"), dims=3, n_synthetic=12, wandb=False,
+                  gans={"SN": "cpu_compare3d_sn.yaml"},
+                  gan_args=["--config", str(TEST_CONFIGS / "tiny_gan3d.yaml"), "--data.init_args.cohort_dir", str(cohort),
+                            *data, "--trainer.log_every_n_steps", "1"],
+                  unet_args=[*seg, "--data.init_args.cohort_dir", str(cohort)],
+                  external_args=[*seg, "--data.init_args.cohort_dir", str(external)])  # fmt: skip
+    out = main(["compare", "--config", _write_config(tmp_path, kwargs)])
+    with open(out / "comparison.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    # real, real + SN, SN only: each tested on the PEGASUS-like and the external test patients, 2 vessel sets
+    assert {(r["training"], r["evaluated_on"]) for r in rows} == {
+        (t, s) for t in ("real", "real+synthetic", "synthetic") for s in ("test", "external")}
+    assert len(rows) == 3 * 2 * 2 and all("bavd_vox_mean" in r and float(r["n_patients"]) == 2 for r in rows)
+    readme = (out / "README.md").read_text()
+    assert "## Table 3" in readme and "| Real + SN model |" in readme and "| SN model |" in readme
+    state = json.loads((out / "compare_state.json").read_text())
+    assert state["settings"]["dims"] == 3 and state["settings"]["external"] == "cpu_compare3d_external.yaml"
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished step ran again")
+
+    monkeypatch.setattr(cmp, "fit_gan", must_not_run)
+    monkeypatch.setattr(cmp, "run_fit", must_not_run)
+    main(["compare", "--config", _write_config(tmp_path, kwargs)])
+    assert (out / "README.md").read_text().split("## ")[1:] == readme.split("## ")[1:]

@@ -12,9 +12,10 @@ import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
 
-from lightning_modules.dp_wgan import LOGGED_METRICS, DPWGAN
+from lightning_modules.dp_wgan import LOGGED_METRICS, DPWGAN, check_dp_critic
 from networks.discriminator2d import DCGANDiscriminator2D, DPCritic2D
 from networks.gan2d import Generator2D, WGANCritic2D
+from networks.gan3d import WGANCritic3D
 from tests.dp_helpers import SIZE, TinyDPData, expected_update, fit, flat_params, sgd, spy_critic_inputs, tiny_dpwgan
 
 
@@ -28,16 +29,21 @@ def test_opacus_version_is_the_declared_one() -> None:
 @pytest.mark.parametrize("critic", [
     DPCritic2D(ndf=4, in_size=12, norm="group", groups=2), DPCritic2D(ndf=4, in_size=12, norm="instance"),
     DPCritic2D(ndf=4, in_size=12, norm="none"), WGANCritic2D(ndf=4, in_size=12, norm="none", kernel_size=4),
-    WGANCritic2D(ndf=4, in_size=12, norm="instance", kernel_size=5)], ids=["group", "instance", "none", "wgan-k4", "wgan-k5"])  # fmt: skip
+    WGANCritic2D(ndf=4, in_size=12, norm="instance", kernel_size=5), WGANCritic3D(ndf=8, in_size=(32, 8, 8), norm="instance")],
+    ids=["group", "instance", "none", "wgan-k4", "wgan-k5", "3d-instance"])  # fmt: skip
 def test_per_sample_gradients_equal_a_loop(critic: torch.nn.Module) -> None:
-    x = torch.randn(5, 2, 12, 12)
+    check_dp_critic(critic)  # the 3D paper's critic (affine-free InstanceNorm3d) is DP-compatible as it is
+    critic = copy.deepcopy(critic).double()  # fp64: the check is of the per-sample algebra, not of fp32 rounding
+    x = torch.randn(5, 2, *critic.init_args["in_size"]) if isinstance(critic, WGANCritic3D) else torch.randn(5, 2, 12, 12)
+    x = x.double()
     gsm = GradSampleModule(copy.deepcopy(critic), loss_reduction="mean")
     (-gsm(x).mean()).backward()
     hooked = torch.cat([p.grad_sample.flatten(1) for p in gsm.parameters()], 1)
     params = list(critic.parameters())
     loop = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(-critic(x[i : i + 1]).mean(), params)])
                         for i in range(5)])  # fmt: skip
-    assert torch.allclose(hooked, loop, atol=1e-5)
+    rel = ((hooked - loop).norm(dim=1) / loop.norm(dim=1)).max()
+    assert rel < 1e-9, float(rel)
 
 
 def _one_step(sigma: float, unit: str = "patch", fake_term: str = "public", **data_kw):
@@ -59,6 +65,59 @@ def test_without_noise_the_update_is_clipped_real_sum_plus_public_fake_term(fake
     update, want, seen, _, _ = _one_step(0.0, fake_term=fake_term)
     assert len(seen["real"][0]) > 0
     assert torch.allclose(update, want, atol=1e-5), float((update - want).abs().max())
+
+
+def test_joint_rows_clip_the_real_and_fake_terms_together() -> None:
+    """fake_term "joint": update = Σᵢ clip_C(∇[−D(realᵢ) + D(fakeᵢ)])/B_exp, one fresh fake per real row, no public term."""
+    module = tiny_dpwgan(noise_multiplier=0.0, critic_optimizer=sgd(), fake_term="joint")
+    critic0 = copy.deepcopy(module.critic)
+    seen: dict[str, torch.Tensor] = {}
+    hooked_rows = module._hooked_rows
+
+    def spy(real: torch.Tensor, fake: torch.Tensor | None) -> None:
+        seen["real"], seen["fake"] = real.clone(), fake.clone()
+        hooked_rows(real, fake)
+
+    module._hooked_rows = spy  # type: ignore[method-assign]
+    data = TinyDPData()
+    fit(module, data, max_steps=1)
+    update = flat_params(critic0) - flat_params(module.critic)
+    real, fake = seen["real"], seen["fake"]
+    assert len(real) == len(fake) > 0
+    params = list(critic0.parameters())
+    want = torch.zeros_like(update)
+    for i in range(len(real)):
+        g = torch.autograd.grad(-critic0(real[i : i + 1]).mean() + critic0(fake[i : i + 1]).mean(), params)
+        g = torch.cat([x.flatten() for x in g])
+        want += g * min(1.0, 1.0 / (float(g.norm()) + 1e-6))
+    want /= data.privacy_sampling()["expected_batch_size"]
+    assert torch.allclose(update, want, atol=1e-5), float((update - want).abs().max())
+    assert "train/fake_score" not in module.trainer.callback_metrics  # its fakes are |S| many: nothing logged
+
+
+def test_frozen_critic_layers_stay_put_and_only_the_trained_rows_are_clipped() -> None:
+    """critic_trainable "head_and_norms": conv weights frozen; the clipped rows hold the trained parameters only."""
+    module = tiny_dpwgan(noise_multiplier=0.0, critic_optimizer=sgd(), fake_term="joint", critic_trainable="head_and_norms")
+    trained = [n for n, p in module.critic.named_parameters() if p.requires_grad]
+    assert trained and all(n.startswith("head.") or module.critic.get_submodule(n.rsplit(".", 1)[0]).__class__.__name__
+                           == "GroupNorm" for n in trained)  # fmt: skip
+    critic0 = copy.deepcopy(module.critic)
+    seen: dict[str, torch.Tensor] = {}
+    hooked_rows = module._hooked_rows
+    module._hooked_rows = lambda real, fake: (seen.update(real=real.clone(), fake=fake.clone()), hooked_rows(real, fake))[1]  # type: ignore[method-assign]
+    data = TinyDPData()
+    fit(module, data, max_steps=1)
+    before, after = dict(critic0.named_parameters()), dict(module.critic.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in trained)
+    update = torch.cat([(before[n] - after[n]).detach().flatten() for n in trained])
+    params = [before[n] for n in trained]
+    want = torch.zeros_like(update)
+    for r, f in zip(seen["real"], seen["fake"]):
+        g = torch.cat([x.flatten() for x in torch.autograd.grad(-critic0(r[None]).mean() + critic0(f[None]).mean(), params)])
+        want += g * min(1.0, 1.0 / (float(g.norm()) + 1e-6))
+    want /= data.privacy_sampling()["expected_batch_size"]
+    assert torch.allclose(update, want, atol=1e-5), float((update - want).abs().max())
+    assert module.privacy_report()["critic_trainable"] == "head_and_norms"
 
 
 def test_noise_is_drawn_once_at_sigma_c_over_expected_batch() -> None:

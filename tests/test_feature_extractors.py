@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import sys
 
+import numpy as np
 import pytest
 import torch
 from monai.networks.nets import resnet10
@@ -15,6 +16,7 @@ from networks.feature_extractors import (
     InceptionV3Features,
     MedicalNetFeatures,
     SegmentationEncoderFeatures,
+    medicalnet_input_mapping,
 )
 
 
@@ -179,3 +181,93 @@ def test_segmentation_encoder_on_half_unet(tmp_path):
     ext = SegmentationEncoderFeatures(str(tmp_path / "u.ckpt"), unet2d.HalfUNet2D(features=(4, 8, 16)),
                                       layer_name="encoders.2")
     assert ext.num_features == 16 and ext(torch.randn(2, 2, 16, 16)).shape == (2, 16)
+
+
+# ---- MedicalNet as the 3D paper ran it: Tencent file format, dilated geometry, nonzero input mapping -------
+def _bn(x: torch.Tensor, s: dict, k: str) -> torch.Tensor:
+    return nn.functional.batch_norm(x, s[f"{k}.running_mean"], s[f"{k}.running_var"], s[f"{k}.weight"],
+                                    s[f"{k}.bias"], False, 0.0, 1e-5)
+
+
+def medicalnet_reference(s: dict, x: torch.Tensor) -> torch.Tensor:
+    """MedicalNet's resnet10 (Tencent `models/resnet.py`) written out with functional ops: conv1 7³ stride 2,
+    maxpool 3/2, layer2 stride 2, layer3 dilation 2 and layer4 dilation 4 at stride 1, shortcut B, average pool."""
+    f = nn.functional
+    x = f.relu(_bn(f.conv3d(x, s["conv1.weight"], stride=2, padding=3), s, "bn1"))
+    x = f.max_pool3d(x, 3, 2, 1)
+    for layer, stride, dil in (("layer1", 1, 1), ("layer2", 2, 1), ("layer3", 1, 2), ("layer4", 1, 4)):
+        k = f"{layer}.0"
+        out = f.relu(_bn(f.conv3d(x, s[f"{k}.conv1.weight"], stride=stride, padding=dil, dilation=dil), s, f"{k}.bn1"))
+        out = _bn(f.conv3d(out, s[f"{k}.conv2.weight"], padding=dil, dilation=dil), s, f"{k}.bn2")
+        if f"{k}.downsample.0.weight" in s:
+            x = _bn(f.conv3d(x, s[f"{k}.downsample.0.weight"], stride=stride), s, f"{k}.downsample.1")
+        x = f.relu(out + x)
+    return x.mean(dim=(2, 3, 4))
+
+
+@pytest.fixture(scope="module")
+def tencent_file(tmp_path_factory) -> tuple[str, dict]:
+    """The released file's shape: legacy (non-zip) serialisation, {'state_dict': {'module.' + key}}, a conv_seg
+    head, and BatchNorm statistics that are not the identity."""
+    torch.manual_seed(3)
+    state = _monai_resnet10().state_dict()
+    for k, v in state.items():
+        if k.endswith("running_var"):
+            state[k] = torch.rand_like(v) + 0.5
+        elif k.endswith(("running_mean", "bn1.bias", "bn2.bias")):
+            state[k] = torch.randn_like(v) * 0.1
+    stored = {f"module.{k}": v for k, v in state.items()}
+    stored["module.conv_seg.1.weight"] = torch.zeros(2, 32, 1, 1, 1)
+    path = tmp_path_factory.mktemp("tencent") / "resnet_10_23dataset.pth"
+    torch.save({"state_dict": stored}, path, _use_new_zipfile_serialization=False)
+    return str(path), state
+
+
+def test_medicalnet_equals_the_dilated_reference_and_monai_geometry_does_not(tencent_file):
+    path, state = tencent_file
+    x = torch.randn(2, 1, 32, 32, 16)
+    with torch.no_grad():
+        ref = medicalnet_reference(state, _zscore(x))
+        ours = MedicalNetFeatures(path)(x)
+        monai = MedicalNetFeatures(path, medicalnet_geometry=False)(x)
+    assert ours.shape == (2, 512)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    assert (monai - ref).abs().max() > 1e-3  # MONAI's strided layers 3-4 are another network for these weights
+
+
+def numpy_nonzero_mapping(patch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' `__itensity_normalize_one_volume__` after their 0-255 scaling, foreground part only."""
+    v = (patch - patch.min()) / (patch.max() - patch.min()) * 255.0
+    fg = v > 0
+    return fg, (v - v[fg].mean()) / v[fg].std()
+
+
+def test_medicalnet_nonzero_mapping_matches_the_paper_and_is_seeded(tencent_file):
+    path, _ = tencent_file
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 2, 16, 16, 8, generator=g) * 2 - 1
+    x[0, 0, :6] = -1.0  # a skull-stripped-like background: the minimum, which becomes 0, then noise
+    mapped = medicalnet_input_mapping(x[:, :1], seed=7)
+    for i in range(3):
+        fg, expected = numpy_nonzero_mapping(x[i, 0].double().numpy())
+        np.testing.assert_allclose(mapped[i, 0].numpy()[fg], expected[fg], atol=1e-4)
+        assert (~fg).sum() >= 1  # the minimum voxel at least
+    noise = mapped[0, 0, :6].flatten()
+    assert noise.numel() == 6 * 16 * 8 and abs(float(noise.mean())) < 0.15 and abs(float(noise.std()) - 1) < 0.15
+    # the same patch draws the same noise alone, in a batch or in another order; another seed draws other noise
+    torch.testing.assert_close(medicalnet_input_mapping(x[:1, :1], seed=7), mapped[:1], rtol=0, atol=0)
+    torch.testing.assert_close(medicalnet_input_mapping(x[[2, 0], :1], seed=7)[1], mapped[0], rtol=0, atol=0)
+    other = medicalnet_input_mapping(x[:1, :1], seed=8)
+    assert not torch.equal(other[0, 0, :6], mapped[0, 0, :6]) and torch.equal(other[0, 0, 6:], mapped[0, 0, 6:])
+    ext = MedicalNetFeatures(path, normalisation="medicalnet_nonzero", noise_seed=7)
+    assert "voxels > 0" in ext.input_mapping and "noise_seed 7" in ext.input_mapping
+    with torch.no_grad():
+        torch.testing.assert_close(ext(x), ext.net(mapped).float())
+        torch.testing.assert_close(ext(x[1:2]), ext(x)[1:2])
+
+
+def test_medicalnet_default_location_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError) as err:
+        MedicalNetFeatures()
+    assert "resnet_10_23dataset.pth" in str(err.value) and str(tmp_path / "hub" / "checkpoints") in str(err.value)

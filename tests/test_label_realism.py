@@ -96,3 +96,27 @@ def test_histogram_plot(tmp_path):
     fig = plots.plot_label_realism({"real": st, "synthetic": st})
     plots.save_figure(fig, tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_fragmented_3d_labels_are_visible_where_an_image_fid_is_blind():
+    """The 3D paper's SN-MP failure: the same images with the tube label broken into pieces. Anything computed on
+    the image channel alone (FID, PRD) sees two identical sets; components, largest share and speck share move by
+    the known amounts."""
+    connected = np.stack([tube((24, 24, 16), 3)] * 4)[:, None]
+    fragmented = connected.copy()
+    fragmented[..., 1::3] = False  # cut every third slice: 6 pieces of ≤ 2 slices (≤ 58 voxels each)
+    fragmented[..., 2::3] = False  # ... and every third other: 16/3 → 6 discs of one slice (29 voxels)
+    images = np.where(connected, 0.8, -0.6) + 0.05 * np.random.default_rng(0).normal(size=connected.shape)
+    real = label_realism_stats(images, connected, spacing=(0.5, 0.5, 0.7), progress=False)
+    syn = label_realism_stats(images, fragmented, spacing=(0.5, 0.5, 0.7), progress=False)
+    np.testing.assert_array_equal(real.n_components, 1)
+    np.testing.assert_array_equal(syn.n_components, 6)  # slices z = 0, 3, 6, 9, 12, 15
+    np.testing.assert_allclose(syn.largest_share, 1 / 6)
+    np.testing.assert_allclose(syn.speck_share, 0.0)  # 29-voxel discs are more than 27 voxels
+    d = compare_label_realism(syn, real)
+    assert d["w1_n_components"] == pytest.approx(5.0) and d["w1_largest_share"] == pytest.approx(5 / 6)
+    lattice = np.zeros_like(connected)
+    lattice[..., ::2, ::2, ::2] = True  # single voxels two apart: not even 26-connected
+    s = label_realism_stats(images, connected & lattice, progress=False)
+    np.testing.assert_allclose(s.speck_share, 1.0)
+    assert compare_label_realism(s, real)["w1_speck_share"] == pytest.approx(1.0)

@@ -69,6 +69,9 @@ def test_component_stats_uses_full_connectivity() -> None:
     stats = component_stats(lab)
     assert stats["n_components"] == 2
     assert stats["largest_share"] == pytest.approx(28 / 40)
+    assert stats["speck_share"] == pytest.approx(12 / 40)  # the 12-voxel block is a speck (≤ 27 voxels in 3D)
+    assert component_stats(lab, speck_size=11)["speck_share"] == 0.0
+    assert component_stats(lab[..., 3])["speck_share"] == 1.0  # 2D slice: the 3×3 square is 9 ≤ 3² pixels
 
 
 def test_empty_label() -> None:

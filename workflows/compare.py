@@ -1,4 +1,5 @@
-"""`tofgan compare`: the 2D paper's GANs side by side, as in its Table 2 (Kossen et al. 2021).
+"""`tofgan compare`: the 2D paper's GANs side by side, as in its Table 2 (Kossen et al. 2021); `--dims 3`: the 3D
+paper's four WGANs (GP, SN, SN-MP, c-SN-MP), as in its Table 3 and Table A.1 (Subramaniam et al. 2022).
 
 Every GAN is fitted on the same cohort with the same seed, one checkpoint per GAN is chosen by a documented
 rule (`gan_select`, `workflows.select_checkpoint`: the epoch of lowest validation FID when `fid_extractor` is
@@ -13,6 +14,13 @@ The comparison resumes: `out_dir/compare_state.json` records every finished step
 settings skips them (an interrupted GAN fit restarts from its `last.ckpt`). Outputs in `out_dir`:
 comparison.csv (one row per U-Net × evaluation set × vessel set), README.md (Table 2 layout, the paper's
 ordering check, figures), comparison.png, samples.png, gan_losses_<gan>.png, runs/, synthetic/<gan>/.
+
+3D (`dims=3`): the CPU defaults are the cpu_compare3d_*.yaml GANs (32×32×16 patches), the 3D U-Net
+cpu_compare3d_unet.yaml and the 1000Plus-like cohort of cpu_compare3d_external.yaml. As the paper, every U-Net
+(synthetic only, real, real + synthetic) is tested on the test patients of both cohorts (no whole-volume validation
+test: the epoch is still chosen on the fit-time `val/dsc`), and the report is Table 3 (synthetic only and real:
+DSC and bAVD in voxels, PEGASUS-like and 1000Plus-like, all vessels and intracranial) and Table A.1 (real +
+synthetic).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -32,6 +40,10 @@ from workflows.runs import finish_wandb, run_fragments
 
 GANS = {"DCGAN": "cpu_compare_dcgan.yaml", "WGAN-GP": "cpu_compare_wgan_gp.yaml",
         "WGAN-GP-SN": "cpu_compare_wgan_gp_sn.yaml"}  # fmt: skip
+GANS3D = {"GP": "cpu_compare3d_gp.yaml", "SN": "cpu_compare3d_sn.yaml", "SN-MP": "cpu_compare3d_sn_mp.yaml",
+          "c-SN-MP": "cpu_compare3d_c_sn_mp.yaml"}  # fmt: skip
+DEFAULTS = {2: {"gans": GANS, "unet": "cpu_unet.yaml", "external": "cpu_transfer_1000plus.yaml"},
+            3: {"gans": GANS3D, "unet": "cpu_compare3d_unet.yaml", "external": "cpu_compare3d_external.yaml"}}
 
 
 class Ledger:
@@ -114,11 +126,11 @@ def evaluate_unet(ctx: dict[str, Any], run: str, training: str, ckpt: Path, args
     """Per-patient test summaries of one U-Net checkpoint on the validation, test (and external) patients."""
     out, group = ctx["out"], ctx["group"]
     summaries = {}
-    for split in ("val", "test"):
+    for split in ctx["splits"]:
         report = out / "runs" / run / split
         summaries[split] = run_test(ctx["unet"], f"{run}-{split}", ckpt, out, report,
                                     [*args, "--data.init_args.test_split", split], group, ctx["error_maps"])  # fmt: skip
-    if ctx["external"] and training in ("real", "synthetic"):  # the paper tested these on the second cohort
+    if ctx["external"] and training in ctx["external_for"]:  # the trainings the paper tested on the second cohort
         report = out / "runs" / run / "external"
         summaries["external"] = run_test(ctx["external"], f"{run}-external", ckpt, out, report,
                                          ctx["external_args"], group, ctx["error_maps"])  # fmt: skip
@@ -127,9 +139,9 @@ def evaluate_unet(ctx: dict[str, Any], run: str, training: str, ckpt: Path, args
 
 def compare(
     out_dir: str = "outputs/compare",
-    gans: dict[str, str] = GANS,  # noqa: B006 - read only
-    unet: str = "cpu_unet.yaml",
-    external: str | None = "cpu_transfer_1000plus.yaml",
+    gans: dict[str, str] | None = None,
+    unet: str | None = None,
+    external: str | None = "auto",
     n_synthetic: int = 2000,
     fid_extractor: str | None = None,
     gan_select: str | None = None,
@@ -142,17 +154,22 @@ def compare(
     wandb: bool = True,
     error_maps: bool = False,
     resume: bool = True,
+    dims: Literal[2, 3] = 2,
 ) -> Path:
     """Runs the comparison and returns the folder holding README.md and comparison.csv.
 
     Args:
         out_dir: folder of runs, synthetic stores, state and report.
-        gans: {row name: GAN experiment file}; the CPU defaults train 3.7k steps each on the simulated
-            CPU cohort. Paper scale: {DCGAN: kossen2021_dcgan.yaml, WGAN-GP: kossen2021_wgan_gp.yaml,
-            WGAN-GP-SN: kossen2021_wgan_gp_sn.yaml} with unet kossen2021_unet.yaml (GPU).
-        unet: U-Net experiment file; its cohort must be the GANs' cohort (same cohort_dir, split, patch size).
-        external: U-Net experiment whose test patients form the second cohort (None: no external rows); its
-            net must be the `unet` experiment's net (kossen2021_transfer_1000plus.yaml with kossen2021_unet.yaml).
+        gans: {row name: GAN experiment file}; default: the CPU GANs of `dims` (2D: cpu_compare_*.yaml, 3.7k steps
+            each; 3D: cpu_compare3d_{gp,sn,sn_mp,c_sn_mp}.yaml). Paper scale 2D: {DCGAN: kossen2021_dcgan.yaml,
+            WGAN-GP: kossen2021_wgan_gp.yaml, WGAN-GP-SN: kossen2021_wgan_gp_sn.yaml} with unet
+            kossen2021_unet.yaml; 3D: {GP: subramaniam2022_gp.yaml, …} with unet subramaniam2022_unet3d.yaml and
+            external subramaniam2022_external_1000plus.yaml (GPU).
+        unet: U-Net experiment file (default cpu_unet.yaml / cpu_compare3d_unet.yaml); its cohort must be the GANs'
+            cohort (same cohort_dir, split, patch size, preprocessing).
+        external: U-Net experiment whose test patients form the second cohort; "auto": cpu_transfer_1000plus.yaml
+            (2D) / cpu_compare3d_external.yaml (3D); None: no external rows. Its net must be the `unet` experiment's
+            net (kossen2021_transfer_1000plus.yaml with kossen2021_unet.yaml).
         n_synthetic: pairs synthesised per GAN (paper: 41,000 = the real training patch count).
         fid_extractor: a domain extractor checkpoint (`tofgan domain-extractor`, on the same cohort split): every
             GAN fit then runs configs/callbacks/gan_evaluation.yaml with it and logs val/fid every 5 epochs.
@@ -167,22 +184,33 @@ def compare(
         wandb: False for CSV logs only.
         error_maps: write error maps of every tested patient.
         resume: skip the steps `compare_state.json` records as finished (False starts again).
+        dims: 2 (Table 2 of the 2D paper) or 3 (Table 3 and A.1 of the 3D paper; module docstring).
     """
     from workflows.synthesize import synthesize
 
+    if dims not in DEFAULTS:
+        raise ValueError(f"tofgan compare: dims must be 2 or 3, got {dims}")
+    gans = gans if gans is not None else DEFAULTS[dims]["gans"]
+    unet = unet or DEFAULTS[dims]["unet"]
+    external = DEFAULTS[dims]["external"] if external == "auto" else external
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gan_select = gan_select or ("min:val/fid" if fid_extractor else "last")
     gan_args = [*(evaluation_fragment(out, fid_extractor) if fid_extractor else []), *(gan_args or [])]
     settings = {"unet": unet, "external": external, "n_synthetic": n_synthetic, "fid_extractor": fid_extractor,
                 "gan_select": gan_select, "select": select, "seed": seed, "gan_args": gan_args,
-                "unet_args": unet_args or [], "external_args": external_args or []}  # fmt: skip
+                "unet_args": unet_args or [], "external_args": external_args or [],
+                **({"dims": dims} if dims != 2 else {})}  # fmt: skip  (2D state files from before `dims` still resume)
     ledger = Ledger(out, settings, resume)
     for name, experiment in gans.items():
         ledger.check_gan(name, experiment)
     seed_args = ["--seed_everything", str(seed)]
     ctx = {"out": out, "group": (group or f"compare-{out.name}") if wandb else None, "unet": unet,
-           "external": external, "external_args": [*seed_args, *(external_args or [])], "error_maps": error_maps}  # fmt: skip
+           "external": external, "external_args": [*seed_args, *(external_args or [])], "error_maps": error_maps,
+           # the 3D paper tested every U-Net on both test sets only; the 2D paper also validation volumes, and
+           # real and synthetic-only U-Nets on the external cohort
+           "splits": ("test",) if dims == 3 else ("val", "test"),
+           "external_for": ("real", "synthetic", "real+synthetic") if dims == 3 else ("real", "synthetic")}  # fmt: skip
     total, step = len(gans) + len(unet_rows(list(gans))), 0
     for name, experiment in gans.items():
         step += 1
@@ -191,7 +219,7 @@ def compare(
             started = time.time()
             gan = fit_gan(name, experiment, out, [*seed_args, *gan_args], ctx["group"], gan_select)
             gan["store"] = str(synthesize(gan["checkpoint"], str(out / "synthetic" / slug(name)), n_samples=n_synthetic,
-                                          seed=seed, overwrite=True))  # fmt: skip
+                                          seed=seed, overwrite=True, wandb_group=ctx["group"]))  # fmt: skip
             ledger.record(f"gan/{name}", {**gan, "minutes": (time.time() - started) / 60})
     for training, gan_name in unet_rows(list(gans)):
         step += 1
@@ -207,4 +235,4 @@ def compare(
         ledger.record(f"unet/{run}", {"training": training, "gan": gan_name, "epoch": fit.epoch, "val_dsc_patches": fit.score,
                                       "checkpoint": str(fit.checkpoint), "summaries": summaries,
                                       "minutes": (time.time() - started) / 60})  # fmt: skip
-    return write_report(out, ledger.steps, list(gans))
+    return write_report(out, ledger.steps, list(gans), dims)

@@ -1,4 +1,5 @@
-"""Report of `tofgan compare`: Table 2 of Kossen et al. 2021 as CSV and markdown, the ordering check, figures."""
+"""Report of `tofgan compare`: Table 2 of Kossen et al. 2021 (2D) or Table 3 and A.1 of Subramaniam et al. 2022
+(3D) as CSV and markdown, the ordering check, figures."""
 
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ from workflows.report import markdown_table, mean_sd, plot_curves, write_csv  # 
 
 SECTIONS = {"real": "U-Net on real data", "real+synthetic": "Augmentation (real + synthetic)",
             "synthetic": "Anonymisation (synthetic only)"}  # fmt: skip
-METRICS = ("dsc", "hd95", "bavd")
+METRICS = ("dsc", "hd95", "bavd", "bavd_vox")  # bavd in mm; bavd_vox in voxels (the 3D paper's unit)
 COLUMNS = ["training", "gan", "evaluated_on", "vessels", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
            "n_patients", "epoch", "val_dsc_patches", "checkpoint"]  # fmt: skip
 GAN_LOSSES = ["train/critic_loss", "train/discriminator_loss", "train/generator_loss", "train/wasserstein",
               "train/gradient_penalty"]  # fmt: skip
 PAPER_ORDER = ("DCGAN", "WGAN-GP", "WGAN-GP-SN")  # synthetic-only DSC, ascending, in Kossen et al. 2021
+COHORTS3D = {"test": "PEGASUS-like", "external": "1000Plus-like"}  # Table 3's data sources
+PAPER_TABLE3 = {"all": "c-SN-MP best synthetic (0.820 / 0.809), real 0.906 / 0.883",
+                "intracranial": "c-SN-MP best synthetic on PEGASUS (0.841), real 0.901 / 0.880"}  # test DSC
 
 
 RowKey = tuple[str, str, str, str]  # (training, gan, evaluated_on, vessels)
@@ -52,7 +56,7 @@ def index_rows(rows: list[dict[str, Any]]) -> dict[RowKey, dict[str, Any]]:
 
 def _cell(by_key: dict[RowKey, dict[str, Any]], key: RowKey, metric: str) -> str:
     row = by_key.get(key)
-    return "–" if row is None else mean_sd(row, metric, 3 if metric == "dsc" else 2)
+    return "–" if row is None else mean_sd(row, metric, 2 if metric == "hd95" else 3)
 
 
 def table2(rows: list[dict[str, Any]], gans: list[str], vessels: str) -> str:
@@ -76,6 +80,27 @@ def table2(rows: list[dict[str, Any]], gans: list[str], vessels: str) -> str:
         add("real data", "real", "", val="none", test="external")
         for gan in gans:
             add(f"{gan} (synthetic only)", "synthetic", gan, val="none", test="external")
+    return markdown_table(lines, columns)
+
+
+def table3(rows: list[dict[str, Any]], gans: list[str], training: str) -> str:
+    """Table 3 (training "synthetic": each GAN's synthetic data, then real) or Table A.1 ("real+synthetic": real
+    data augmented with each GAN's, then real): mean ± SD over test patients of DSC and bAVD (voxels; mm where a
+    summary has no voxel bAVD) on both cohorts, section A all vessels, section B intracranial vessels."""
+    columns = ["data source"] + [f"{c} {m}" for c in COHORTS3D.values() for m in ("DSC", "bAVD (vox)")]
+    by_key, lines = index_rows(rows), []
+    for section, vessels in (("A) All vessels", "all"), ("B) Intracranial vessels", "intracranial")):
+        lines.append({"data source": f"*{section}*"})
+        models = [(f"{'Real + ' if training == 'real+synthetic' else ''}{g} model", training, g) for g in gans]
+        for name, train, gan in [*models, ("Real", "real", "")]:
+            line = {"data source": name}
+            for split, cohort in COHORTS3D.items():
+                row = by_key.get((train, gan, split, vessels))
+                line[f"{cohort} DSC"] = _cell(by_key, (train, gan, split, vessels), "dsc")
+                vox = row is not None and row.get("bavd_vox_mean") is not None
+                line[f"{cohort} bAVD (vox)"] = _cell(by_key, (train, gan, split, vessels), "bavd_vox" if vox else "bavd") + (
+                    "" if vox or row is None else " mm")
+            lines.append(line)
     return markdown_table(lines, columns)
 
 
@@ -137,12 +162,15 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_")
 
 
-def write_report(out: Path, steps: dict[str, Any], gans: list[str]) -> Path:
+def write_report(out: Path, steps: dict[str, Any], gans: list[str], dims: int = 2) -> Path:
     rows = result_rows(steps, gans)
     write_csv(rows, COLUMNS, out / "comparison.csv")
     vessel_sets = [v for v in ("intracranial", "all") if any(r["vessels"] == v for r in rows)]
     gan_steps = {g: steps[f"gan/{g}"] for g in gans if f"gan/{g}" in steps}
     minutes = sum(s.get("minutes", 0.0) for s in [*gan_steps.values(), *shown_unets(steps, gans)])
+    if dims == 3:
+        lines = report3d_lines(rows, gans, minutes)
+        return _finish(out, rows, gans, gan_steps, vessel_sets, lines)
     lines = ["# GAN comparison (Kossen et al. 2021, Table 2 layout)", "",
              f"Wall time of the steps shown: {minutes:.1f} min (GAN fit + synthesis, U-Net fit + tests). "
              "Mean ± SD over patients; 95HD in mm. `val`: whole volumes of the validation patients; `test`: the test patients; the U-Net epoch was chosen on the fit-time "
@@ -154,6 +182,25 @@ def write_report(out: Path, steps: dict[str, Any], gans: list[str]) -> Path:
         lines += [f"## {vessels} vessels", "", table2(rows, gans, vessels), "",
                   f"Paper ordering on synthetic-only test DSC ({order}): **{verdict}** "
                   f"({', '.join(f'{g} {values[g]:.3f}' for g in gans if values.get(g) is not None)}).", ""]  # fmt: skip
+    return _finish(out, rows, gans, gan_steps, vessel_sets, lines)
+
+
+def report3d_lines(rows: list[dict[str, Any]], gans: list[str], minutes: float) -> list[str]:
+    """Table 3 and Table A.1 of the 3D paper, with how they were measured and the paper's values to compare."""
+    lines = ["# 3D GAN comparison (Subramaniam et al. 2022, Table 3 and Table A.1 layout)", "",
+             f"Wall time of the steps shown: {minutes:.1f} min (GAN fit + synthesis, U-Net fit + tests). Mean ± SD over "
+             "the test patients of the PEGASUS-like cohort (the GANs' and U-Nets' cohort) and of the 1000Plus-like "
+             "cohort; bAVD in voxels, as the paper. A) the whole prediction against the whole label; B) both masked "
+             "with the brain mask. U-Net epochs chosen on the fit-time patch DSC of the validation patients.", "",
+             "## Table 3: U-Nets trained on synthetic data only, and on real data", "", table3(rows, gans, "synthetic"),
+             "", f"Paper (test DSC): all vessels {PAPER_TABLE3['all']}; intracranial {PAPER_TABLE3['intracranial']}.",
+             "", "## Table A.1: real data augmented with synthetic data", "", table3(rows, gans, "real+synthetic"), ""]
+    return lines
+
+
+def _finish(out: Path, rows: list[dict[str, Any]], gans: list[str], gan_steps: dict[str, dict[str, Any]],
+            vessel_sets: list[str], lines: list[str]) -> Path:
+    """Figures and the GAN checkpoint table, shared by the 2D and 3D reports; writes README.md."""
     if vessel_sets:
         plot_comparison(rows, vessel_sets[0], out / "comparison.png")
         lines += ["![DSC per U-Net](comparison.png)", ""]

@@ -1,4 +1,5 @@
-"""`tofgan demo` / `make demo`: the whole main job on the embedded simulated cohort.
+"""`tofgan demo` / `make demo`: the whole main job on the embedded simulated cohort (`--dims 3`: the 3D paper's
+path, `workflows.demo3d`).
 
 simulate cohort → WGAN-GP-SN fit → synthesise pairs → U-Net fit on synthetic and on real patches →
 test both on the real test patients → table + report folder. Skull-stripped as the 2D paper's cohorts
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from workflows.compose import experiment_args
 from workflows.grid_search import run_test
@@ -23,13 +24,15 @@ UNET = "cpu_unet.yaml"
 METRICS = ("dsc", "hd95", "bavd")
 
 
-def _fit(experiment: str, run: str, out: Path, extra: list[str]) -> Path:
-    """Fits through the CLI and returns the run's last checkpoint (full state, resumable)."""
+def _fit(experiment: str, run: str, out: Path, extra: list[str], keep_cli: bool = False) -> Any:
+    """Fits through the CLI and returns the run's last checkpoint (full state, resumable); with `keep_cli` also
+    the CLI object (its datamodule holds the real patches)."""
     from cli import main
 
     cli = main(["fit", *experiment_args(experiment), *run_fragments(run, out, "demo"), *extra])
     finish_wandb()
-    return Path(cli.trainer.checkpoint_callback.last_model_path)
+    ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
+    return (ckpt, cli) if keep_cli else ckpt
 
 
 def _test(experiment: str, run: str, ckpt: Path, out: Path, extra: list[str]) -> dict[str, Any]:
@@ -37,24 +40,34 @@ def _test(experiment: str, run: str, ckpt: Path, out: Path, extra: list[str]) ->
     return summary["results"]
 
 
-def run_demo(out_dir: str = "outputs/demo", n_synthetic: int = 2000, seed: int = 0,
-             gan_args: list[str] | None = None, unet_args: list[str] | None = None) -> Path:
+def run_demo(out_dir: str | None = None, n_synthetic: int | None = None, seed: int = 0,
+             gan_args: list[str] | None = None, unet_args: list[str] | None = None, dims: Literal[2, 3] = 2) -> Path:
     """Runs the demo and returns the report folder.
 
     Args:
-        out_dir: where runs, synthetic store and the report go.
-        n_synthetic: synthetic pairs to write (paper: 41,000; the demo matches its 2,000 real training patches).
+        out_dir: where runs, synthetic store and the report go (default outputs/demo, 3D: outputs/demo3d).
+        n_synthetic: synthetic pairs to write (default 2000, matching the 2D demo's 2,000 real training patches,
+            paper 41,000; 3D: 1000, the 3D U-Net's real training patches, paper 11,750).
         seed: seed of every step.
         gan_args: more CLI arguments for the GAN fit (e.g. another `--data.init_args.cohort_dir`).
         unet_args: more CLI arguments for the U-Net fits and tests.
+        dims: 2 (the 2D paper's pipeline) or 3 (the 3D paper's: 3D GAN, 3D U-Net, 3D sliding window).
     """
     from workflows.synthesize import synthesize
 
-    out = Path(out_dir)
+    if dims not in (2, 3):
+        raise ValueError(f"tofgan demo: dims must be 2 or 3, got {dims}")
+    out = Path(out_dir or ("outputs/demo" if dims == 2 else "outputs/demo3d"))
+    if dims == 3:
+        from workflows.demo3d import run_demo3d
+
+        return run_demo3d(out, n_synthetic or 1000, seed, gan_args or [], unet_args or [])
+    n_synthetic = n_synthetic or 2000
     started = time.time()
     seed_arg = ["--seed_everything", str(seed)]
     gan_ckpt = _fit(GAN, "gan", out, [*seed_arg, *(gan_args or [])])
-    store = synthesize(str(gan_ckpt), str(out / "synthetic"), n_samples=n_synthetic, seed=seed, overwrite=True)
+    store = synthesize(str(gan_ckpt), str(out / "synthetic"), n_samples=n_synthetic, seed=seed, overwrite=True,
+                       wandb_group="demo")
     synth_args = ["--data.init_args.use_real", "false", "--data.init_args.synthetic_stores", f"[{store}]"]
     unet_common = [*seed_arg, *(unet_args or [])]
     unet_synth = _fit(UNET, "unet-synthetic", out, unet_common + synth_args)

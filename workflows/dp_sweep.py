@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,16 @@ VESSELS = ("intracranial", "all")
 
 
 def sweep_rows(patch_epsilons: list[float], patch_sigmas: list[float], patient_epsilons: list[float],
-               pretrained_epsilons: list[float], non_dp: bool) -> list[dict[str, Any]]:  # fmt: skip
+               pretrained_epsilons: list[float], non_dp: bool,
+               pretrained_patch_epsilons: Sequence[float] = ()) -> list[dict[str, Any]]:  # fmt: skip
     """{name, unit, pretrained, sigma, target_epsilon} of every GAN row, in figure order."""
     rows: list[dict[str, Any]] = []
     if non_dp:
         rows.append({"name": "non-DP (σ=∞)", "unit": "patch", "pretrained": False, "sigma": math.inf, "target_epsilon": None})
     rows += [{"name": f"patch σ={s:g}", "unit": "patch", "pretrained": False, "sigma": s, "target_epsilon": None} for s in patch_sigmas]
     rows += [{"name": f"patch ε={e:g}", "unit": "patch", "pretrained": False, "sigma": None, "target_epsilon": e} for e in patch_epsilons]
+    rows += [{"name": f"patch ε={e:g} pretrained", "unit": "patch", "pretrained": True, "sigma": None, "target_epsilon": e}
+             for e in pretrained_patch_epsilons]  # fmt: skip
     rows += [{"name": f"patient ε={e:g}", "unit": "patient", "pretrained": False, "sigma": None, "target_epsilon": e}
              for e in patient_epsilons]  # fmt: skip
     rows += [{"name": f"patient ε={e:g} pretrained", "unit": "patient", "pretrained": True, "sigma": None, "target_epsilon": e}
@@ -55,8 +59,10 @@ def privacy_args(row: dict[str, Any], pretrained: str | None) -> list[str]:
 
 
 def snapshots(run_dir: str, candidates: int) -> list[Path]:
-    """The last `candidates` weights-only epoch snapshots (configs/trainer/cpu.yaml: checkpoints/epoch=N.ckpt)."""
+    """The last `candidates` weights-only epoch snapshots (configs/trainer/cpu.yaml: checkpoints/epoch=N.ckpt); a run
+    shorter than the snapshot interval (e.g. a one-epoch DP fine-tuning) has only its final checkpoint, last.ckpt."""
     found = sorted(Path(run_dir).glob("checkpoints/epoch=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
+    found = found or sorted(Path(run_dir).glob("checkpoints/last.ckpt"))
     if not found:
         raise FileNotFoundError(f"{run_dir}/checkpoints: no epoch=N.ckpt snapshots to select from")
     return found[-candidates:]
@@ -76,7 +82,7 @@ def select_snapshot(ctx: dict[str, Any], name: str, gan: dict[str, Any]) -> dict
         cand = ctx["ledger"].get(key)
         if cand is None:
             store = synthesize(str(ckpt), str(ctx["out"] / "synthetic" / slug(name) / ckpt.stem), n_samples=ctx["n_synthetic"],
-                               seed=ctx["seed"], overwrite=True)  # fmt: skip
+                               seed=ctx["seed"], overwrite=True, wandb_group=ctx["group"])  # fmt: skip
             run = f"unet-{slug(name)}-{ckpt.stem.replace('=', '')}"
             fit = run_fit(ctx["unet"], run, ctx["out"], [*ctx["unet_args"], *unet_data_args("synthetic", str(store))],
                           ctx["group"], ctx["select"])  # fmt: skip
@@ -167,6 +173,7 @@ def dp_sweep(
     patch_sigmas: list[float] = [],  # noqa: B006
     patient_epsilons: list[float] = [7.0, 30.0],  # noqa: B006
     pretrained_epsilons: list[float] = [7.0, 30.0],  # noqa: B006
+    pretrained_patch_epsilons: list[float] = [],  # noqa: B006
     non_dp: bool = True,
     public_only: bool = True,
     candidates: int = 2,
@@ -174,6 +181,8 @@ def dp_sweep(
     select: Select = "best",
     seed: int = 0,
     gan_args: list[str] | None = None,
+    pretrained_args: list[str] | None = None,
+    pretrain_args: list[str] | None = None,
     unet_args: list[str] | None = None,
     group: str | None = None,
     wandb: bool = True,
@@ -193,6 +202,7 @@ def dp_sweep(
         patch_sigmas: patch-level rows at a fixed σ (the paper's list).
         patient_epsilons: target ε of the patient-level rows trained from scratch.
         pretrained_epsilons: target ε of the patient-level rows fine-tuned from the public pre-trained GAN.
+        pretrained_patch_epsilons: target ε of the patch-level rows fine-tuned from the public pre-trained GAN.
         non_dp: add the σ = ∞ reference row.
         public_only: with pretrained rows, add the pre-trained GAN itself (never saw the private cohort: ε = 0).
         candidates: last epoch snapshots of each GAN tried by downstream utility.
@@ -200,6 +210,9 @@ def dp_sweep(
         select: "best" or "last" epoch of each U-Net.
         seed: `--seed_everything` of every run and the synthesis seed.
         gan_args: more CLI arguments for every GAN run.
+        pretrained_args: more CLI arguments for the DP fine-tuning rows only, after gan_args (e.g. a smaller
+            learning rate or fewer epochs, so that the noisy fine-tuning does not undo the public pre-training).
+        pretrain_args: more CLI arguments for the public pre-training run only, after gan_args.
         unet_args: more CLI arguments for every U-Net run.
         group: W&B group of every run (default "dp-sweep-" + the out_dir name).
         wandb: False for CSV logs only.
@@ -207,23 +220,26 @@ def dp_sweep(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = sweep_rows(patch_epsilons, patch_sigmas, patient_epsilons, pretrained_epsilons, non_dp)
+    rows = sweep_rows(patch_epsilons, patch_sigmas, patient_epsilons, pretrained_epsilons, non_dp, pretrained_patch_epsilons)
     settings = {"experiment": experiment, "patient_experiment": patient_experiment, "pretrain_experiment": pretrain_experiment,
                 "unet": unet, "candidates": candidates, "n_synthetic": n_synthetic, "select": select, "seed": seed,
                 "gan_args": gan_args or [], "unet_args": unet_args or []}  # fmt: skip
+    # only when given, so that a state file written before these options existed still resumes
+    settings.update({k: v for k, v in (("pretrained_args", pretrained_args), ("pretrain_args", pretrain_args)) if v})
     ledger = Ledger(out, settings, resume)
     seed_args = ["--seed_everything", str(seed)]
     ctx = {"out": out, "ledger": ledger, "group": (group or f"dp-sweep-{out.name}") if wandb else None, "unet": unet,
            "unet_args": [*seed_args, *(unet_args or [])], "candidates": candidates, "n_synthetic": n_synthetic,
            "select": select, "seed": seed}  # fmt: skip
     results = [real_row(ctx)]
-    pretrained = pretrain(ctx, pretrain_experiment, [*seed_args, *(gan_args or [])]) if any(r["pretrained"] for r in rows) else None
+    pre_args = [*seed_args, *(gan_args or []), *(pretrain_args or [])]
+    pretrained = pretrain(ctx, pretrain_experiment, pre_args) if any(r["pretrained"] for r in rows) else None
     if pretrained and public_only:
         results.append(public_row(ctx))
     for i, row in enumerate(rows, 1):
         print(f"[dp-sweep {i}/{len(rows)}] {row['name']}", flush=True)
-        results.append(sweep_row(ctx, row, experiment if row["unit"] == "patch" else patient_experiment, pretrained,
-                                 [*seed_args, *(gan_args or [])]))  # fmt: skip
+        args = [*seed_args, *(gan_args or []), *((pretrained_args or []) if row["pretrained"] else [])]
+        results.append(sweep_row(ctx, row, experiment if row["unit"] == "patch" else patient_experiment, pretrained, args))
         write_outputs(out, list(results))
     return write_outputs(out, results)
 
