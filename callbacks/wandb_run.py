@@ -68,8 +68,6 @@ def job_type(command: str, model_class_path: str | None) -> str:
 def set_job_type(command: str, config: Any) -> None:
     """Give every WandbLogger of a parsed `tofgan <command>` config a job type, unless the config or
     WANDB_JOB_TYPE already does. Called by `cli.TofganCLI.before_instantiate_classes`, before the logger exists."""
-    if os.environ.get("WANDB_JOB_TYPE"):
-        return
     trainer = config.get("trainer") or {}
     loggers = trainer.get("logger")
     loggers = loggers if isinstance(loggers, list) else [loggers]
@@ -78,8 +76,17 @@ def set_job_type(command: str, config: Any) -> None:
         if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith("WandbLogger"):
             continue
         init = logger.get("init_args")
-        if init is not None and not init.get("job_type"):
+        if init is None:
+            continue
+        if not init.get("job_type") and not os.environ.get("WANDB_JOB_TYPE"):
             init["job_type"] = job_type(command, model.get("class_path") if model is not None else None)
+        # wandb reads WANDB_RUN_GROUP / WANDB_TAGS once per process (its settings singleton): a later run in the same
+        # process (workflows, tests) would keep the first run's group, so they are passed to the logger explicitly.
+        if not init.get("group") and os.environ.get("WANDB_RUN_GROUP"):
+            init["group"] = os.environ["WANDB_RUN_GROUP"]
+        env_tags = [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+        if env_tags:
+            init["tags"] = [*(init.get("tags") or []), *(t for t in env_tags if t not in (init.get("tags") or []))]
 
 
 def cli_config(trainer: Trainer) -> dict[str, Any] | None:
@@ -173,7 +180,8 @@ class WandbRunInfo(Callback):
 
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        folder = Path(getattr(pl_module, "report_dir", None) or trainer.log_dir or trainer.default_root_dir)
+        # not trainer.log_dir: under DDP it broadcasts, and this hook runs on rank zero only (a deadlock)
+        folder = Path(getattr(pl_module, "report_dir", None) or _run_dir(trainer))
         table = folder / "test_per_patient.csv"
         if not table.is_file() or not wandb_loggers(trainer):
             return
@@ -182,6 +190,18 @@ class WandbRunInfo(Callback):
         columns, data = rows[0], [[r[0], *(float(v) if v not in ("", "nan") else None for v in r[1:])] for r in rows[1:]]
         for logger in wandb_loggers(trainer):
             logger.log_table(key="test/per_patient", columns=columns, data=data)
+
+
+def _run_dir(trainer: Trainer) -> str:
+    """`trainer.log_dir` without its broadcast (Lightning 2.6's rule: the first logger's log_dir for CSV/TensorBoard,
+    else its save_dir)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    if not trainer.loggers:
+        return str(trainer.default_root_dir)
+    first = trainer.loggers[0]
+    folder = first.log_dir if isinstance(first, (CSVLogger, TensorBoardLogger)) else first.save_dir
+    return str(folder or trainer.default_root_dir)
 
 
 def privacy_tags(privacy: dict[str, Any] | None) -> list[str]:
