@@ -11,7 +11,10 @@ has no release for this torch); the privacy record says so.
 - `privacy_unit: patch`: every training patch independently with q = batch_size / N (B_exp = batch_size).
 - `privacy_unit: patient`: every training patient independently with q = m / P (`patients_per_step` m), then
   k = `patches_per_patient` of its patches uniformly without replacement; items carry "patient" (0..P−1).
-- An empty draw is yielded as an empty batch (shape (0, 1, H, W)): the module makes a noise-only step.
+- An empty draw is yielded as an empty batch (shape (0, 1, H, W), or (0, 1, H, W, D) for 3D patches): the module
+  makes a noise-only step.
+- 2D or 3D: the patches are the parent's (`patch_size` of 2 or 3 entries, data/pegasus_gan3d.yaml); nothing here
+  depends on their shape (the 3D paper's appendix DPGAN: experiment/subramaniam2022_dpgan_sigma*.yaml).
 - DDP: records (patches or patients) are sharded rank::world; each rank samples its shard at rate q, so the
   union is a Poisson sample of the whole set. Set `trainer.use_distributed_sampler: false`.
 - Canaries (`canaries`, the GAN-level one-run DP audit): each included canary is one more sampling unit — a
@@ -105,7 +108,7 @@ class EmptySafeCollate:
 
 
 class DPGANPatchDataModule(GANPatchDataModule):
-    """`GANPatchDataModule` with Poisson sampling of the training patches or patients (module docstring).
+    """`GANPatchDataModule` with Poisson sampling of the training patches or patients, 2D or 3D (module docstring).
 
     Args (beyond the parent's; `batch_size` is the expected global batch B_exp at patch level):
         privacy_unit: "patch" or "patient".

@@ -75,3 +75,22 @@ def test_empty_draw_collates_to_zero_row_batch() -> None:
     item = {"image": torch.zeros(1, 24, 24), "label": torch.zeros(1, 24, 24), "patient": torch.tensor(0)}
     empty = EmptySafeCollate(item)([])
     assert empty["image"].shape == (0, 1, 24, 24) and empty["patient"].shape == (0,)
+
+
+def test_3d_dpgan_fit_records_a_finite_epsilon_per_critic_step(cohort: Path, tmp_path: Path) -> None:
+    """The 3D paper's appendix DPGAN (WGANCritic3D, 3D Poisson patches) through the CLI: 3 critic steps on 5D batches,
+    each one accountant step at the sampler's q, and ε in the manifest equal to a fresh RDP accountant's."""
+    from opacus.accountants import RDPAccountant
+
+    experiment = CONFIGS / "experiment" / "cpu_subramaniam2022_dpgan.yaml"
+    cli = _fit(cohort, tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+               "--trainer.limit_val_batches", "0", experiment=experiment)  # fmt: skip
+    assert next(iter(cli.datamodule.train_dataloader()))["image"].shape[1:] == (1, 32, 32, 8)  # tiny_gan3d's patches
+    report = json.loads(next(tmp_path.rglob("run_manifest.json")).read_text())["privacy"]
+    q = 4 / (3 * (8 + 4))  # B_exp 4 of the tiny cohort's 3 training patients × (2×2×2 grid + 4 vessel) patches
+    assert report["unit"] == "patch" and report["steps"] == 3 and report["sample_rate"] == pytest.approx(q)
+    assert report["noise_multiplier"] == 0.5 and report["history"] == [[0.5, pytest.approx(q), 3]]
+    fresh = RDPAccountant()
+    fresh.history = [(0.5, q, 3)]
+    assert 0 < report["epsilon"] < float("inf")
+    assert report["epsilon"] == pytest.approx(fresh.get_epsilon(report["delta"]))
