@@ -15,14 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from datamodules.cohort import CohortError, PatientRecord, has_cohort_files, load_patient
-from datamodules.patch_store import HASH_CACHE_NAME, source_entries
+from datamodules.patch_store import HASH_CACHE_NAME, _atomic_write_text, source_entries
 from datamodules.patches import PatchSettings, check_patch_fits
 
 log = logging.getLogger(__name__)
@@ -111,13 +109,6 @@ def _content_key(files: dict[str, dict], prep: dict | None = None) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _write_json_atomic(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(content))
-    os.replace(tmp, path)
-
-
 def validate_patients(records: Sequence[PatientRecord], cache_dir: Path,
                       patch_settings: PatchSettings | None = None) -> None:
     """Load every patient of `records` (all checks of `load_patient`, voxels included) and check that the
@@ -145,5 +136,5 @@ def validate_patients(records: Sequence[PatientRecord], cache_dir: Path,
             if too_big:
                 check_patch_fits(load_patient(rec), patch_settings)  # raises, naming file and sizes
     if changed:
-        _write_json_atomic(cache_file, done)
+        _atomic_write_text(cache_file, json.dumps(done))
     log.info("validated %d patients", len(records))

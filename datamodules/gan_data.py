@@ -12,7 +12,6 @@ their count and the file's sha256, so the audit can check it scores the canaries
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from datamodules.base import CohortDataModule, Normalization, PatchDataset, SimulationSpec, normalize_patch
-from datamodules.patch_store import PatchStore, build_patch_store
+from datamodules.patch_store import PatchStore, build_patch_store, file_sha256
 from datamodules.sampling import ResumableLoader, epoch_shuffle_sampler
 
 #: dataloader_idx of the test loaders (GANEvaluationCallback reads them by these indices).
@@ -43,7 +42,7 @@ class CanaryPatches(Dataset):
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: canary file not found (write one with"
                                     " metrics.dp_audit.write_canary_set)")
-        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.sha256 = file_sha256(self.path)
         try:
             data = np.load(self.path)  # allow_pickle False: a file holding objects is refused, never run
             if not isinstance(data, np.lib.npyio.NpzFile):

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import pin_memory_for
 from datamodules.cohort import CohortError
+from datamodules.cohort_checks import is_default_simulated_dir
 from datamodules.dsc_cohort import (MAX_FRAMES, MIN_FRAMES, SERIES_NAME, list_patients, load_dsc_patient,
                                    read_cohort_meta)
 from datamodules.sampling import ResumableLoader, epoch_shuffle_sampler
@@ -218,9 +219,7 @@ class PerfusionDataModule(L.LightningDataModule):
     def _ensure_cohort(self) -> None:
         if self.simulate is None:
             return
-        root = self.cohort_dir.resolve()
-        default_dir = root.parent.name == "simulated" and root.parent.parent.name == "data" and \
-            root.name.startswith("dsc")
+        default_dir = is_default_simulated_dir(self.cohort_dir, "dsc")
         meta = read_cohort_meta(self.cohort_dir)
         s = self.simulate
         want = {"profile": s.profile, "n_patients": s.n_patients, "shape": list(s.shape), "seed": s.seed}

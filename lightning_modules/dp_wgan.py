@@ -300,10 +300,7 @@ class DPWGAN(PrivacyRecord, WGANGP):
             # zeros, not None: under DDP the private backward marked the critic "used" during no_sync, so the next
             # synced backward (the G-step) all-reduces the critic's grads and needs them defined
             opt.zero_grad(set_to_none=False)
-        if self.weight_clip is not None:
-            with torch.no_grad():
-                for p in self.critic.parameters():
-                    p.clamp_(-self.weight_clip, self.weight_clip)
+        self.clip_critic_weights()
         self.step_counts["critic"] += 1
         if fake_score is not None:  # joint rows: the fakes are inside the private sum (|S| of them): nothing logged
             self.log("train/fake_score", fake_score, batch_size=self.fake_batch_per_rank())
@@ -363,7 +360,6 @@ class DPWGAN(PrivacyRecord, WGANGP):
         The penalty touches real_i, so it is inside the clipped row. x̂ᵢ pairs real_i with partner i (mod its length:
         `_private_rows` passes one fresh fake per row); with fake_term "joint" the row also has +D(partnerᵢ).
         """
-        names = [n for n, p in self.critic.named_parameters() if p.requires_grad]
         joint = self.fake_term == "joint"
         params = {n: p.detach() for n, p in self.critic.named_parameters() if p.requires_grad}
         partner = partner.detach().to(real.dtype)[torch.arange(len(real), device=real.device) % len(partner)]
@@ -379,7 +375,7 @@ class DPWGAN(PrivacyRecord, WGANGP):
 
         rows = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0, 0), randomness="different")(params, real, partner, eps)
         for name, p in self.critic.named_parameters():
-            if name in names:
+            if name in params:
                 p.grad_sample = rows[name].to(p.dtype)
 
     def _fake_batch(self) -> torch.Tensor:

@@ -88,6 +88,14 @@ def optimizer_spec(spec: Any) -> Any:
     return None  # lambdas etc.: the reloaded module falls back to the default optimiser
 
 
+def record_specs(hparams: Any, nets: dict[str, Any], optimizer_keys: tuple[str, ...]) -> None:
+    """Replace the networks and optimiser factories saved in `hparams` by their plain specs (never pickled)."""
+    for key, net in nets.items():
+        hparams[key] = net if isinstance(net, dict) else network_spec(net, key)
+    for key in optimizer_keys:
+        hparams[key] = optimizer_spec(hparams[key])
+
+
 @torch.no_grad()
 def _eval_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """One forward in eval mode (BatchNorm/spectral-norm state untouched), in the net's device and dtype."""
@@ -165,10 +173,8 @@ class GANModule(LightningModule):
             )
         self._optimizer_factories = (build_optimizer(critic_optimizer), build_optimizer(generator_optimizer))
         if not from_cli:
-            for key, net in (("generator", generator), ("critic", critic)):
-                self.hparams[key] = net if isinstance(net, dict) else network_spec(net, key)
-            for key in ("generator_optimizer", "critic_optimizer"):
-                self.hparams[key] = optimizer_spec(self.hparams[key])
+            record_specs(self.hparams, {"generator": generator, "critic": critic},
+                         ("generator_optimizer", "critic_optimizer"))  # fmt: skip
         threshold = DEFAULT_THRESHOLD[label_encoding] if label_threshold is None else float(label_threshold)
         self.hparams["label_threshold"] = threshold  # resolved, so checkpoints and manifests state it
         self._hparams_initial = copy.deepcopy(self._hparams)

@@ -44,7 +44,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from lightning_modules.gan_base import _built_by_cli, build_network, build_optimizer, network_spec, optimizer_spec
+from lightning_modules.gan_base import _built_by_cli, build_network, build_optimizer, record_specs
 from metrics.perfusion import UNDEFINED_POLICY, PerfusionScores
 
 ADAM = {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-4, "betas": (0.5, 0.999)}}
@@ -106,10 +106,8 @@ class Pix2Pix(LightningModule):
         self._check_widths()
         self._factories = (build_optimizer(discriminator_optimizer or ADAM), build_optimizer(generator_optimizer or ADAM))
         if not from_cli:
-            for key, net in (("generator", generator), ("discriminator", discriminator)):
-                self.hparams[key] = net if isinstance(net, dict) else network_spec(net, key)
-            for key in ("generator_optimizer", "discriminator_optimizer"):
-                self.hparams[key] = optimizer_spec(self.hparams[key])
+            record_specs(self.hparams, {"generator": generator, "discriminator": discriminator},
+                         ("generator_optimizer", "discriminator_optimizer"))  # fmt: skip
         self._hparams_initial = copy.deepcopy(self._hparams)  # loggers record the specs, not the modules
         self.lambda_l1, self.eval_batchnorm, self.report_dir = float(lambda_l1), eval_batchnorm, report_dir
         self.register_buffer("target_lo", torch.tensor(0.0, dtype=torch.float64))

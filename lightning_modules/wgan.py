@@ -181,13 +181,17 @@ class WGANGP(GANModule):
                 self.manual_backward(loss)
             opt.step()
             opt.zero_grad()  # frees the critic's gradients before the generator phase
+        self.clip_critic_weights()
+        self.step_counts["critic"] += 1
+        self.log_dict({"train/critic_loss": loss.detach(), "train/wasserstein": wasserstein.detach(),
+                       "train/gradient_penalty": penalty.detach()}, batch_size=b, prog_bar=True)  # fmt: skip
+
+    def clip_critic_weights(self) -> None:
+        """Clamp every critic parameter to [−weight_clip, weight_clip] (no-op when weight_clip is None)."""
         if self.weight_clip is not None:
             with torch.no_grad():
                 for p in self.critic.parameters():
                     p.clamp_(-self.weight_clip, self.weight_clip)
-        self.step_counts["critic"] += 1
-        self.log_dict({"train/critic_loss": loss.detach(), "train/wasserstein": wasserstein.detach(),
-                       "train/gradient_penalty": penalty.detach()}, batch_size=b, prog_bar=True)  # fmt: skip
 
     def _generator_step(self, batch_size: int) -> None:
         opt = self.optimizers()[1]

@@ -47,6 +47,12 @@ def _matches(batch_images: torch.Tensor, canary_images: torch.Tensor) -> np.ndar
     return np.where(hit.any(1).numpy(), hit.float().argmax(1).numpy(), -1)
 
 
+def _fit_with_canaries(experiment: str, cohort: Path, root: Path, canaries: Path):
+    """One CPU epoch of `tofgan fit <experiment>` with the canary file as --data.init_args.canaries."""
+    return main(["fit", *cpu_args(CONFIGS / "experiment" / experiment, cohort, root), "--trainer.max_epochs", "1",
+                 "--trainer.enable_progress_bar", "false", "--data.init_args.canaries", str(canaries)])  # fmt: skip
+
+
 def test_canary_file_is_a_tool_command_and_is_written_atomically(tmp_path: Path) -> None:
     """`write_canary_set` through jsonargparse as `tofgan canaries` would run it; a bad request leaves no file."""
     from jsonargparse import CLI
@@ -63,9 +69,7 @@ def test_canary_file_is_a_tool_command_and_is_written_atomically(tmp_path: Path)
 def test_gan_trained_with_canaries_sees_them_and_audit_bounds_epsilon(cohort: Path, canaries: tuple[Path, dict],
                                                                       tmp_path: Path) -> None:  # fmt: skip
     path, info = canaries
-    cli = main(["fit", *cpu_args(CONFIGS / "experiment" / "cpu_wgan_gp.yaml", cohort, tmp_path / "run"),
-                "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-                "--data.init_args.canaries", str(path)])  # fmt: skip
+    cli = _fit_with_canaries("cpu_wgan_gp.yaml", cohort, tmp_path / "run", path)
     dm = cli.datamodule
     loader = dm.train_dataloader()
     assert len(loader.dataset) == N_TRAIN_PATCHES + info["included"] and len(dm.train_set) == N_TRAIN_PATCHES
@@ -125,9 +129,7 @@ def test_dp_run_counts_included_canaries_in_q_and_delta(cohort: Path, canaries: 
                                                         tmp_path: Path) -> None:  # fmt: skip
     """Patch level: each included canary is one more Poisson unit: q = B / (N + included), δ = 1 / (N + included)."""
     path, info = canaries
-    cli = main(["fit", *cpu_args(CONFIGS / "experiment" / "cpu_dp_wgan.yaml", cohort, tmp_path / "dp"),
-                "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-                "--data.init_args.canaries", str(path)])  # fmt: skip
+    cli = _fit_with_canaries("cpu_dp_wgan.yaml", cohort, tmp_path / "dp", path)
     n = N_TRAIN_PATCHES + info["included"]
     batch = cli.datamodule.batch_size
     report = cli.model.privacy_report()

@@ -77,15 +77,7 @@ def test_fit_from_python_inside_a_tool_process_does_not_warn(monkeypatch: pytest
     assert not [w for w in caught if "args parameter" in str(w.message)], [str(w.message) for w in caught]
 
 
-#: Tools whose options still lack descriptions (the docstring diffs are pending in the resume helper's report).
-PENDING_DOCS: set[str] = set()
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="docstring diff pending")) if n in PENDING_DOCS
-     else n for n in TOOL_COMMANDS],
-)  # fmt: skip
+@pytest.mark.parametrize("name", TOOL_COMMANDS)
 def test_tool_options_have_descriptions(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Every option of `tofgan <tool> --help` has a description (an `Args:` entry in the tool's docstring)."""
     import inspect

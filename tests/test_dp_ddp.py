@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,10 @@ import torch
 
 from tests.cli_helpers import CONFIGS, cpu_args
 from tests.fixtures_cohort import write_tiny_cohort
+from tests.test_ddp import DDP, TOFGAN
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 ROOT = Path(__file__).resolve().parents[1]
-TOFGAN = str(Path(sys.executable).with_name("tofgan"))
-DDP = ["--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
 def _ddp_fit(cohort: Path, root: Path, *extra: str) -> list[dict]:

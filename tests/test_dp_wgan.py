@@ -67,6 +67,16 @@ def test_without_noise_the_update_is_clipped_real_sum_plus_public_fake_term(fake
     assert torch.allclose(update, want, atol=1e-5), float((update - want).abs().max())
 
 
+def _joint_update(critic0: torch.nn.Module, params: list[torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                  b_exp: float) -> torch.Tensor:
+    """Σᵢ clip_C(∇_params[−D(realᵢ) + D(fakeᵢ)])/B_exp with C = 1, by a plain per-row loop (fake_term "joint")."""
+    want = torch.zeros(sum(p.numel() for p in params))
+    for r, f in zip(real, fake):
+        g = torch.cat([x.flatten() for x in torch.autograd.grad(-critic0(r[None]).mean() + critic0(f[None]).mean(), params)])
+        want += g * min(1.0, 1.0 / (float(g.norm()) + 1e-6))
+    return want / b_exp
+
+
 def test_joint_rows_clip_the_real_and_fake_terms_together() -> None:
     """fake_term "joint": update = Σᵢ clip_C(∇[−D(realᵢ) + D(fakeᵢ)])/B_exp, one fresh fake per real row, no public term."""
     module = tiny_dpwgan(noise_multiplier=0.0, critic_optimizer=sgd(), fake_term="joint")
@@ -84,13 +94,7 @@ def test_joint_rows_clip_the_real_and_fake_terms_together() -> None:
     update = flat_params(critic0) - flat_params(module.critic)
     real, fake = seen["real"], seen["fake"]
     assert len(real) == len(fake) > 0
-    params = list(critic0.parameters())
-    want = torch.zeros_like(update)
-    for i in range(len(real)):
-        g = torch.autograd.grad(-critic0(real[i : i + 1]).mean() + critic0(fake[i : i + 1]).mean(), params)
-        g = torch.cat([x.flatten() for x in g])
-        want += g * min(1.0, 1.0 / (float(g.norm()) + 1e-6))
-    want /= data.privacy_sampling()["expected_batch_size"]
+    want = _joint_update(critic0, list(critic0.parameters()), real, fake, data.privacy_sampling()["expected_batch_size"])
     assert torch.allclose(update, want, atol=1e-5), float((update - want).abs().max())
     assert "train/fake_score" not in module.trainer.callback_metrics  # its fakes are |S| many: nothing logged
 
@@ -111,11 +115,7 @@ def test_frozen_critic_layers_stay_put_and_only_the_trained_rows_are_clipped() -
     assert all(torch.equal(before[n], after[n]) for n in before if n not in trained)
     update = torch.cat([(before[n] - after[n]).detach().flatten() for n in trained])
     params = [before[n] for n in trained]
-    want = torch.zeros_like(update)
-    for r, f in zip(seen["real"], seen["fake"]):
-        g = torch.cat([x.flatten() for x in torch.autograd.grad(-critic0(r[None]).mean() + critic0(f[None]).mean(), params)])
-        want += g * min(1.0, 1.0 / (float(g.norm()) + 1e-6))
-    want /= data.privacy_sampling()["expected_batch_size"]
+    want = _joint_update(critic0, params, seen["real"], seen["fake"], data.privacy_sampling()["expected_batch_size"])
     assert torch.allclose(update, want, atol=1e-5), float((update - want).abs().max())
     assert module.privacy_report()["critic_trainable"] == "head_and_norms"
 

@@ -39,6 +39,7 @@ class CountingWGAN(WGANGP):
 
 
 def _fit(g_size: int, c_size: int, data_size: int) -> CountingWGAN:
+    CountingWGAN.steps = 0
     torch.manual_seed(0)
     model = CountingWGAN(Generator2D(8, 4, out_size=g_size), WGANCritic2D(ndf=4, in_size=c_size), latent_dim=8,
                          n_critic=1, n_sample_grid=2)
@@ -48,24 +49,18 @@ def _fit(g_size: int, c_size: int, data_size: int) -> CountingWGAN:
     return model
 
 
-def test_generator_output_differs_from_patch_size() -> None:
-    CountingWGAN.steps = 0
-    with pytest.raises(ValueError, match=r"PatchData patch_size \[24, 24\] \(--data.init_args.patch_size\) differs from"
-                                         r" the generator's output \[12, 12\] .*generator.init_args.out_size=12"):
-        _fit(12, 24, 24)
-    assert CountingWGAN.steps == 0
-
-
-def test_critic_input_differs_from_patch_size() -> None:
-    CountingWGAN.steps = 0
-    with pytest.raises(ValueError, match=r"critic does not accept the data's PatchData patch_size \[12, 12\].*"
-                                         r"critic.init_args.in_size=24"):
-        _fit(12, 24, 12)
+@pytest.mark.parametrize(("sizes", "match"), [
+    ((12, 24, 24), r"PatchData patch_size \[24, 24\] \(--data.init_args.patch_size\) differs from"
+                   r" the generator's output \[12, 12\] .*generator.init_args.out_size=12"),
+    ((12, 24, 12), r"critic does not accept the data's PatchData patch_size \[12, 12\].*critic.init_args.in_size=24"),
+], ids=["generator_output", "critic_input"])  # fmt: skip
+def test_size_that_differs_from_patch_size_is_named_before_a_step(sizes: tuple[int, int, int], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _fit(*sizes)
     assert CountingWGAN.steps == 0
 
 
 def test_agreeing_sizes_train_and_leave_modes_alone() -> None:
-    CountingWGAN.steps = 0
     model = _fit(12, 12, 12)
     assert CountingWGAN.steps == 1 and model.generator.training and model.critic.training
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -138,11 +139,14 @@ def test_bad_arguments(kwargs):
 
 
 # --------------------------------------------------------------------------- resume, checkpoints
-def _fit(epochs: int, ckpt_path: str | None = None, save: str | None = None) -> tuple[WGANGP, L.Trainer]:
+def _fit(epochs: int, ckpt_path: str | None = None, save: str | None = None,
+         make_model: Callable[[], WGANGP] = lambda: tiny_wgan("spectral"),
+         make_data: Callable[[], DataLoader] = lambda: loader(4)) -> tuple[WGANGP, L.Trainer]:
+    """Seeded fit of a fresh model (tests/test_wgan3d.py passes its 3D model and data)."""
     L.seed_everything(0)
-    model = tiny_wgan("spectral")
+    model = make_model()
     t = trainer(max_epochs=epochs)
-    t.fit(model, loader(4), ckpt_path=ckpt_path)
+    t.fit(model, make_data(), ckpt_path=ckpt_path)
     if save:
         t.save_checkpoint(save)
     return model, t

@@ -3,6 +3,7 @@ training, resume, generation and the 5D sample grid — through the same module 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import lightning as L
@@ -124,14 +125,7 @@ def test_bad_critic_precision():
 
 
 # --------------------------------------------------------------------------- training, resume, outputs
-def _fit(epochs: int, ckpt_path: str | None = None, save: str | None = None) -> tuple[WGANGP, L.Trainer]:
-    L.seed_everything(0)
-    model = tiny_wgan3d("spectral")
-    t = trainer(max_epochs=epochs)
-    t.fit(model, loader(2), ckpt_path=ckpt_path)
-    if save:
-        t.save_checkpoint(save)
-    return model, t
+_fit = functools.partial(wgan2d_tests._fit, make_model=lambda: tiny_wgan3d("spectral"), make_data=lambda: loader(2))
 
 
 def test_resume_equals_straight_run_3d(tmp_path):

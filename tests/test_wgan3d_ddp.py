@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli_helpers import CONFIGS, cpu_args
 from tests.fixtures_cohort import write_tiny_cohort
-from workflows.compose import CONFIGS, experiment_args
+from tests.test_ddp import DDP, TOFGAN
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
-TOFGAN = str(Path(sys.executable).with_name("tofgan"))
-TINY_3D = Path(__file__).resolve().parent / "configs" / "tiny_gan3d.yaml"
-DDP = ["--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
 def test_wgan3d_fits_under_ddp(tmp_path: Path) -> None:
     cohort = write_tiny_cohort(tmp_path / "cohort", n_patients=6)
-    args = [*experiment_args(CONFIGS / "experiment" / "cpu_subramaniam2022_sn_mp.yaml",
-                             {"trainer": "trainer/cpu.yaml", "logger": "logger/csv.yaml"}),
-            "--config", str(TINY_3D), "--data.init_args.cohort_dir", str(cohort),
-            "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.logger.init_args.save_dir", str(tmp_path)]  # fmt: skip
+    args = cpu_args(CONFIGS / "experiment" / "cpu_subramaniam2022_sn_mp.yaml", cohort, tmp_path)  # tiny_gan3d.yaml
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([TOFGAN, "fit", *args, *DDP, "--trainer.max_steps", "4", "--trainer.max_epochs", "1"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from metrics.membership import dp_roc_bound
 from metrics.plots import _figure
+from workflows.report import markdown_table
 
 LEVELS = ("patch", "patient")
 
@@ -68,8 +69,7 @@ COLUMNS = ["attack", "patch AUC", "95 % CI (patient-cluster)", "naive CI", "TPR@
 
 
 def _md_table(results: dict[str, Any]) -> list[str]:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return lines + ["| " + " | ".join(r) + " |" for r in table_rows(results)]
+    return markdown_table([dict(zip(COLUMNS, r)) for r in table_rows(results)], COLUMNS).split("\n")
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ the same path on your own cohort.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,22 @@ def _fit(experiment: str, run: str, out: Path, extra: list[str], keep_cli: bool 
 def _test(experiment: str, run: str, ckpt: Path, out: Path, extra: list[str]) -> dict[str, Any]:
     summary = run_test(experiment, run, ckpt, out, out / run, extra, "demo", error_maps=False)
     return summary["results"]
+
+
+def _unet_rows(unet: str, gan: str, metrics: Sequence[str], store: str, out: Path,
+               extra: list[str]) -> list[dict[str, Any]]:
+    """U-Net `unet` fitted on the synthetic `store` and on the real patches, each tested on the real test patients;
+    one row per (training data, vessels)."""
+    synth_args = ["--data.init_args.use_real", "false", "--data.init_args.synthetic_stores", f"[{store}]"]
+    unet_synth = _fit(unet, "unet-synthetic", out, extra + synth_args)
+    unet_real = _fit(unet, "unet-real", out, extra)
+    rows = []
+    for name, ckpt in ((f"synthetic ({gan})", unet_synth), ("real", unet_real)):
+        results = _test(unet, f"test-{name.split()[0]}", ckpt, out, extra)
+        for voxels, summary in results.items():  # "all" vessels, and "intracranial" with brain masks
+            rows.append({"training data": name, "vessels": voxels, **{m.upper(): mean_sd(summary, m) for m in metrics},
+                         "dsc_mean": summary.get("dsc_mean"), "patients": int(summary.get("n_patients", 0))})  # fmt: skip
+    return rows
 
 
 def run_demo(out_dir: str | None = None, n_synthetic: int | None = None, seed: int = 0,
@@ -68,16 +85,7 @@ def run_demo(out_dir: str | None = None, n_synthetic: int | None = None, seed: i
     gan_ckpt = _fit(GAN, "gan", out, [*seed_arg, *(gan_args or [])])
     store = synthesize(str(gan_ckpt), str(out / "synthetic"), n_samples=n_synthetic, seed=seed, overwrite=True,
                        wandb_group="demo")
-    synth_args = ["--data.init_args.use_real", "false", "--data.init_args.synthetic_stores", f"[{store}]"]
-    unet_common = [*seed_arg, *(unet_args or [])]
-    unet_synth = _fit(UNET, "unet-synthetic", out, unet_common + synth_args)
-    unet_real = _fit(UNET, "unet-real", out, unet_common)
-    rows = []
-    for name, ckpt in (("synthetic (WGAN-GP-SN)", unet_synth), ("real", unet_real)):
-        results = _test(UNET, f"test-{name.split()[0]}", ckpt, out, unet_common)
-        for voxels, summary in results.items():  # "all" vessels, and "intracranial" with brain masks
-            rows.append({"training data": name, "vessels": voxels, **{m.upper(): mean_sd(summary, m) for m in METRICS},
-                         "patients": int(summary.get("n_patients", 0))})  # fmt: skip
+    rows = _unet_rows(UNET, "WGAN-GP-SN", METRICS, store, out, [*seed_arg, *(unet_args or [])])
     minutes = (time.time() - started) / 60
     return _write_report(out, rows, minutes)
 

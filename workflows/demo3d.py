@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workflows.report import markdown_table, mean_sd, plot_curves, write_csv
+from workflows.report import markdown_table, plot_curves, write_csv
 
 GAN = "cpu_compare3d_sn.yaml"
 UNET = "cpu_compare3d_unet.yaml"
@@ -27,7 +27,7 @@ REALISM = ("vessel_fraction", "n_components", "largest_share", "speck_share", "r
 
 def run_demo3d(out: Path, n_synthetic: int, seed: int, gan_args: list[str], unet_args: list[str]) -> Path:
     """The 3D demo's steps (called by `workflows.demo.run_demo(dims=3)`); returns the report folder."""
-    from workflows.demo import _fit, _test
+    from workflows.demo import _fit, _unet_rows
     from workflows.synthesize import synthesize
 
     started = time.time()
@@ -37,16 +37,7 @@ def run_demo3d(out: Path, n_synthetic: int, seed: int, gan_args: list[str], unet
     spacing = gan_cli.datamodule.patch_spacing()
     store = synthesize(str(gan_ckpt), str(out / "synthetic"), n_samples=n_synthetic, seed=seed, overwrite=True,
                        wandb_group="demo")
-    synth_args = ["--data.init_args.use_real", "false", "--data.init_args.synthetic_stores", f"[{store}]"]
-    unet_common = [*seed_arg, *unet_args]
-    unet_synth = _fit(UNET, "unet-synthetic", out, unet_common + synth_args)
-    unet_real = _fit(UNET, "unet-real", out, unet_common)
-    rows = []
-    for name, ckpt in (("synthetic (3D WGAN-GP-SN)", unet_synth), ("real", unet_real)):
-        results = _test(UNET, f"test-{name.split()[0]}", ckpt, out, unet_common)
-        for voxels, summary in results.items():
-            rows.append({"training data": name, "vessels": voxels, **{m.upper(): mean_sd(summary, m) for m in METRICS},
-                         "dsc_mean": summary.get("dsc_mean"), "patients": int(summary.get("n_patients", 0))})  # fmt: skip
+    rows = _unet_rows(UNET, "3D WGAN-GP-SN", METRICS, store, out, [*seed_arg, *unet_args])
     synthetic = store_patches(Path(store), 200, seed)
     realism = realism_rows(real, synthetic, spacing)
     report = out / "report"

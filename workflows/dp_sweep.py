@@ -28,6 +28,7 @@ import torch
 from workflows.compare import Ledger, fit_gan, unet_data_args
 from workflows.compare_report import slug
 from workflows.grid_search import Select, run_fit, run_test
+from workflows.report import markdown_table
 
 VESSELS = ("intracranial", "all")
 
@@ -129,8 +130,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]]) -> Path:
             "dsc_intracranial_std", "dsc_all_mean", "utility_ratio"]  # fmt: skip
     lines = ["# DP-WGAN ε sweep", "", "ε: RDP (the guarantee) of the selected snapshot; PRV alongside. DSC: U-Net trained on the "
              "synthetic pairs only, tested on the real test patients. Selection on validation patients (outside the "
-             "guarantee unless public).", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]  # fmt: skip
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+             "guarantee unless public).", "", markdown_table([{c: fmt(r.get(c)) for c in cols} for r in rows], cols)]  # fmt: skip
     (out / "README.md").write_text("\n".join(lines) + "\n\n![DSC vs ε](dp_sweep.png)\n")
     plot(rows, out / "dp_sweep.png")
     return out
