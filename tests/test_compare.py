@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lightning.pytorch import Callback
 
 import workflows.compare as cmp
 from cli import main
 from tests.cli_helpers import TEST_CONFIGS
 from tests.fixtures_cohort import write_tiny_cohort
-from workflows.compare_report import ordering, result_rows, table2
+from workflows.compare_report import index_rows, ordering, result_rows, table2
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is an instance of `nn.Module`.*")
 GANS = ["DCGAN", "WGAN-GP", "WGAN-GP-SN"]
@@ -137,6 +138,40 @@ def test_tiny_comparison_end_to_end_resumes_and_shares_one_wandb_group(tmp_path,
     assert (out / "README.md").read_text().split("## ")[1:] == readme.split("## ")[1:]
 
 
+class StopAtEpoch(Callback):
+    """Raises when epoch `epoch` starts (after the previous epoch's last.ckpt): a killed GAN fit."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("stopped by the test")
+
+
+def test_resumed_gan_fit_selects_among_and_plots_every_epoch(tmp_path):
+    """A GAN fit killed after epoch 0 goes on in a new version folder; the selection rule must still see epoch 0's
+    checkpoint and metrics (before the fix it saw only the epochs after the kill)."""
+    cohort = write_tiny_cohort(tmp_path / "cohort", n_patients=6)
+    every_epoch = tmp_path / "every_epoch.yaml"
+    every_epoch.write_text("trainer:\n  callbacks+:\n    - {class_path: lightning.pytorch.callbacks.ModelCheckpoint, "
+                           "init_args: {filename: '{epoch}', save_top_k: -1, every_n_epochs: 1, save_weights_only: true}}\n")
+    args = ["--config", str(TEST_CONFIGS / "tiny_gan.yaml"), "--data.init_args.cohort_dir", str(cohort),
+            "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "2",
+            "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false", "--config", str(every_epoch)]
+    stop = tmp_path / "stop.yaml"
+    stop.write_text("trainer:\n  callbacks+:\n    - {class_path: tests.test_compare.StopAtEpoch, init_args: {epoch: 1}}\n")
+    out, rule = tmp_path / "cmp", "min:train/generator_loss"
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        cmp.fit_gan("WGAN-GP", "cpu_compare_wgan_gp.yaml", out, [*args, "--config", str(stop)], None, rule)
+    gan = cmp.fit_gan("WGAN-GP", "cpu_compare_wgan_gp.yaml", out, args, None, rule)
+    assert Path(gan["run_dir"]).name == "version_1"  # resumed: a new folder
+    candidates = json.loads((Path(gan["run_dir"]) / "selection.json").read_text())["candidates"]
+    assert [c["epoch"] for c in candidates] == [0, 1]
+    with open(gan["metrics_csv"], newline="") as fh:
+        assert {int(r["epoch"]) for r in csv.DictReader(fh)} == {0, 1}
+
+
 def _write_config(tmp_path: Path, kwargs: dict) -> str:
     path = tmp_path / "compare.json"
     path.write_text(json.dumps(kwargs))
@@ -183,6 +218,17 @@ def test_table3_and_a1_place_dsc_and_voxel_bavd_per_cohort_and_vessel_set():
             for res in split["results"].values():
                 del res["bavd_vox_mean"], res["bavd_vox_std"]
     assert "0.500 ± 0.100 mm" in table3(result_rows(steps, GANS3D), GANS3D, "synthetic")
+
+
+def test_table3_says_when_all_vessels_equal_intracranial():
+    from workflows.compare_report import report3d_lines
+
+    rows = result_rows(_steps3d(), GANS3D)  # intracranial DSC differs from all-vessel DSC
+    assert "A) equals B)" not in report3d_lines(rows, GANS3D, 1.0)[2]
+    by_key = index_rows(rows)
+    for r in rows:  # skull-stripped cohorts: the intracranial result is the all-vessel one
+        r.update({k: v for k, v in by_key[(r["training"], r["gan"], r["evaluated_on"], "all")].items() if k != "vessels"})
+    assert "A) equals B)" in report3d_lines(rows, GANS3D, 1.0)[2]
 
 
 @pytest.mark.slow

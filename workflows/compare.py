@@ -25,8 +25,10 @@ synthetic).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -92,10 +94,44 @@ def fit_gan(name: str, experiment: str, out: Path, args: list[str], group: str |
     finish_wandb()
     run_dir = Path(cli.trainer.checkpoint_callback.dirpath).parent
     metrics_csv = Path(cli.trainer.loggers[0].log_dir) / "metrics.csv"
+    if partial:  # the resumed fit logged into a new version folder: select among (and plot) every epoch
+        metrics_csv = merge_resumed_versions(out / "runs" / run, run_dir)
     chosen = select_checkpoint(str(run_dir), rule, str(metrics_csv))
     selection = json.loads((run_dir / "selection.json").read_text())
     return {"experiment": experiment, "checkpoint": str(chosen), "epoch": selection["epoch"], "rule": rule,
             "value": selection["value"], "metrics_csv": str(metrics_csv), "run_dir": str(run_dir)}  # fmt: skip
+
+
+def merge_resumed_versions(run_root: Path, final: Path) -> Path:
+    """A fit resumed from `last.ckpt` logs into a new `version_N` folder (Lightning's CSVLogger deletes the
+    metrics.csv of a folder it reuses), so the epochs before the kill live in earlier folders. This links their
+    per-epoch checkpoints into `final`/checkpoints and writes `final`/metrics_all.csv (each epoch's rows from the
+    newest version that logged it), so checkpoint selection and the loss figure see every epoch. Returns that file."""
+    versions = sorted(run_root.glob("version_*"), key=lambda p: int(p.name.removeprefix("version_")))
+    keys, by_epoch = ["epoch", "step"], {}
+    for version in versions:
+        if (version / "metrics.csv").is_file():
+            with open(version / "metrics.csv", newline="") as fh:
+                reader = csv.DictReader(fh)
+                keys += [k for k in reader.fieldnames or [] if k not in keys]
+                rows = [r for r in reader if r.get("epoch")]
+            for epoch in {int(r["epoch"]) for r in rows}:  # a re-run epoch replaces the interrupted one
+                by_epoch[epoch] = [r for r in rows if int(r["epoch"]) == epoch]
+    for version in reversed(versions):  # newest first: a later folder's checkpoint of an epoch wins
+        for ckpt in (version / "checkpoints").glob("epoch=*.ckpt"):
+            target = final / "checkpoints" / ckpt.name
+            if not target.exists():  # (the final folder's own files are their own targets)
+                try:
+                    os.link(ckpt, target)
+                except OSError:  # a filesystem without hard links
+                    shutil.copy2(ckpt, target)
+    merged, tmp = final / "metrics_all.csv", final / "metrics_all.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(r for epoch in sorted(by_epoch) for r in by_epoch[epoch])
+    os.replace(tmp, merged)
+    return merged
 
 
 def evaluation_fragment(out: Path, extractor: str) -> list[str]:

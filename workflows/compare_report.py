@@ -195,7 +195,18 @@ def report3d_lines(rows: list[dict[str, Any]], gans: list[str], minutes: float) 
              "## Table 3: U-Nets trained on synthetic data only, and on real data", "", table3(rows, gans, "synthetic"),
              "", f"Paper (test DSC): all vessels {PAPER_TABLE3['all']}; intracranial {PAPER_TABLE3['intracranial']}.",
              "", "## Table A.1: real data augmented with synthetic data", "", table3(rows, gans, "real+synthetic"), ""]
+    if rows and all_equals_intracranial(rows):
+        lines[2] += (" Here A) equals B): the cohorts are skull-stripped (labels and predictions cut to the brain mask, "
+                     "as the cpu_compare3d_* configs), so every vessel is intracranial; the paper's protocol is unstripped.")
     return lines
+
+
+def all_equals_intracranial(rows: list[dict[str, Any]]) -> bool:
+    """Whether every "all vessels" result equals its "intracranial" one (DSC and bAVD): true on skull-stripped data."""
+    by_key = index_rows(rows)
+    pairs = [(r, by_key.get((r["training"], r["gan"], r["evaluated_on"], "intracranial"))) for r in rows if r["vessels"] == "all"]
+    return bool(pairs) and all(b is not None and all(a[f"{m}_mean"] == b[f"{m}_mean"] for m in ("dsc", "bavd", "bavd_vox"))
+                               for a, b in pairs)  # fmt: skip
 
 
 def _finish(out: Path, rows: list[dict[str, Any]], gans: list[str], gan_steps: dict[str, dict[str, Any]],
