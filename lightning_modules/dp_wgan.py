@@ -240,6 +240,7 @@ class DPWGAN(PrivacyRecord, WGANGP):
 
     def on_fit_start(self) -> None:
         self._check_trainer()
+        super().on_fit_start()  # GANModule's patch-size check: a mismatch is named before the first (private) step
         if self.pretrained and self.trainer.ckpt_path is None:  # a resume restores its own weights instead
             state = torch.load(self.pretrained, map_location=self.device, weights_only=True)["state_dict"]
             nets = {k: v for k, v in state.items() if k.startswith(("generator.", "critic."))}

@@ -219,6 +219,16 @@ def test_refuses_batchnorm_spectral_norm_and_fp16() -> None:
         module._check_trainer()
 
 
+def test_patch_size_mismatch_is_named_before_the_first_private_step() -> None:
+    """DPWGAN.on_fit_start keeps GANModule's patch-size check (it once overrode it without calling super)."""
+    data = TinyDPData(size=16)  # the generator makes 12×12 patches (tests.dp_helpers.SIZE)
+    data.patch_settings = SimpleNamespace(patch_size=(16, 16))
+    module = tiny_dpwgan()
+    with pytest.raises(ValueError, match=r"TinyDPData patch_size \[16, 16\].*generator's output \[12, 12\]"):
+        fit(module, data, max_steps=1)
+    assert module.accountant.history == [] and module.step_counts["critic"] == 0
+
+
 @pytest.mark.slow  # W&B start-up takes ~20 s on the shared CPU
 def test_epsilon_goes_to_the_wandb_summary(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     import wandb

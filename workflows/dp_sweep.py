@@ -1,22 +1,24 @@
 """`tofgan dp-sweep`: the DP paper's figure (DSC vs ε, Kossen et al. 2022) with valid accounting, per patch and per patient.
 
 For every row — a DP-WGAN at a σ or a target ε, per patch or per patient, from scratch or fine-tuned from a GAN
-pre-trained on a public (simulated) cohort — the GAN is fitted once; its last `candidates` epoch snapshots are each
-synthesised and used to train the U-Net (synthetic only), and the snapshot whose U-Net has the best validation
-DSC is the row's model ("selected per model over epochs by downstream utility"). That U-Net is tested on the real
-test patients. Reference rows: the U-Net on real data and the non-private GAN (σ = ∞).
+pre-trained on a public (simulated) cohort — the GAN is fitted `repeats` times (seeds seed, seed + 1, …); each fit's
+last `candidates` epoch snapshots are each synthesised and used to train the U-Net (synthetic only), and the snapshot
+whose U-Net has the best validation DSC is that fit's model ("selected per model over epochs by downstream utility"). That U-Net is tested on the real
+test patients. Reference rows (repeated alike): the U-Net on real data, the non-private GAN (σ = ∞, from scratch and/or
+fine-tuned) and the public pre-trained GAN. Each row is reported as mean ± 95 % t-interval over its repeats
+(workflows.dp_sweep_report).
 
 Selection uses the validation patients: it spends nothing on the training patients (every snapshot is covered by
 the accountant's composition), but it is outside the guarantee for the validation patients unless they are public.
 Each trained model is one release; picking among σ rows on private data would cost extra (Papernot & Steinke 2022).
 
-Resumable: `out_dir/compare_state.json` (workflows.compare.Ledger) records every finished step. Outputs: dp_sweep.csv,
-README.md (table), dp_sweep.png (DSC vs ε, patch and patient level in one figure), runs/, synthetic/.
+Resumable: `out_dir/compare_state.json` (workflows.compare.Ledger) records every finished step of every repeat.
+Outputs: dp_sweep.csv (rows), dp_sweep_runs.csv (every repeat), README.md (table), dp_sweep.png (DSC vs ε with 95 %
+error bars, patch and patient level in one figure), runs/, synthetic/.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Sequence
@@ -27,19 +29,19 @@ import torch
 
 from workflows.compare import Ledger, fit_gan, unet_data_args
 from workflows.compare_report import slug
+from workflows.dp_sweep_report import VESSELS, write_outputs
 from workflows.grid_search import Select, run_fit, run_test
-from workflows.report import markdown_table
-
-VESSELS = ("intracranial", "all")
 
 
 def sweep_rows(patch_epsilons: list[float], patch_sigmas: list[float], patient_epsilons: list[float],
                pretrained_epsilons: list[float], non_dp: bool,
-               pretrained_patch_epsilons: Sequence[float] = ()) -> list[dict[str, Any]]:  # fmt: skip
+               pretrained_patch_epsilons: Sequence[float] = (), non_dp_pretrained: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """{name, unit, pretrained, sigma, target_epsilon} of every GAN row, in figure order."""
     rows: list[dict[str, Any]] = []
     if non_dp:
         rows.append({"name": "non-DP (σ=∞)", "unit": "patch", "pretrained": False, "sigma": math.inf, "target_epsilon": None})
+    if non_dp_pretrained:
+        rows.append({"name": "non-DP (σ=∞) pretrained", "unit": "patch", "pretrained": True, "sigma": math.inf, "target_epsilon": None})
     rows += [{"name": f"patch σ={s:g}", "unit": "patch", "pretrained": False, "sigma": s, "target_epsilon": None} for s in patch_sigmas]
     rows += [{"name": f"patch ε={e:g}", "unit": "patch", "pretrained": False, "sigma": None, "target_epsilon": e} for e in patch_epsilons]
     rows += [{"name": f"patch ε={e:g} pretrained", "unit": "patch", "pretrained": True, "sigma": None, "target_epsilon": e}
@@ -79,12 +81,12 @@ def select_snapshot(ctx: dict[str, Any], name: str, gan: dict[str, Any]) -> dict
 
     best: dict[str, Any] | None = None
     for ckpt in snapshots(gan["run_dir"], ctx["candidates"]):
-        key = f"cand/{slug(name)}/{ckpt.stem}"
+        key = f"cand/{tagged(ctx, name)}/{ckpt.stem}"
         cand = ctx["ledger"].get(key)
         if cand is None:
-            store = synthesize(str(ckpt), str(ctx["out"] / "synthetic" / slug(name) / ckpt.stem), n_samples=ctx["n_synthetic"],
+            store = synthesize(str(ckpt), str(ctx["out"] / "synthetic" / tagged(ctx, name) / ckpt.stem), n_samples=ctx["n_synthetic"],
                                seed=ctx["seed"], overwrite=True, wandb_group=ctx["group"])  # fmt: skip
-            run = f"unet-{slug(name)}-{ckpt.stem.replace('=', '')}"
+            run = f"unet-{tagged(ctx, name)}-{ckpt.stem.replace('=', '')}"
             fit = run_fit(ctx["unet"], run, ctx["out"], [*ctx["unet_args"], *unet_data_args("synthetic", str(store))],
                           ctx["group"], ctx["select"])  # fmt: skip
             cand = ctx["ledger"].record(key, {"gan_checkpoint": str(ckpt), "store": str(store), "run": run,
@@ -112,57 +114,6 @@ def result(name: str, row: dict[str, Any], summary: dict[str, Any], privacy: dic
     return out
 
 
-def write_outputs(out: Path, rows: list[dict[str, Any]]) -> Path:
-    """dp_sweep.csv, README.md (table with the utility ratio to real data) and dp_sweep.png."""
-    real = next((r for r in rows if r["row"] == "real"), None)
-    for r in rows:
-        ref = real and real.get("dsc_intracranial_mean")
-        r["utility_ratio"] = (r["dsc_intracranial_mean"] / ref) if ref and r.get("dsc_intracranial_mean") is not None else None
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = out / "dp_sweep.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out / "dp_sweep.csv")
-    fmt = lambda v: "—" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))  # noqa: E731
-    cols = ["row", "unit", "sigma", "epsilon", "epsilon_prv", "delta", "steps", "gan_epoch", "dsc_intracranial_mean",
-            "dsc_intracranial_std", "dsc_all_mean", "utility_ratio"]  # fmt: skip
-    lines = ["# DP-WGAN ε sweep", "", "ε: RDP (the guarantee) of the selected snapshot; PRV alongside. DSC: U-Net trained on the "
-             "synthetic pairs only, tested on the real test patients. Selection on validation patients (outside the "
-             "guarantee unless public).", "", markdown_table([{c: fmt(r.get(c)) for c in cols} for r in rows], cols)]  # fmt: skip
-    (out / "README.md").write_text("\n".join(lines) + "\n\n![DSC vs ε](dp_sweep.png)\n")
-    plot(rows, out / "dp_sweep.png")
-    return out
-
-
-def plot(rows: list[dict[str, Any]], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    series = {("patch", False): "patch level", ("patient", False): "patient level",
-              ("patient", True): "patient level, public pre-training", ("patch", True): "patch level, public pre-training"}  # fmt: skip
-    for (unit, pre), label in series.items():
-        pts = sorted((r["epsilon"], r["dsc_intracranial_mean"]) for r in rows if r.get("unit") == unit and r.get("pretrained") == pre
-                     and r.get("epsilon") is not None and math.isfinite(r["epsilon"]) and r.get("dsc_intracranial_mean") is not None)  # fmt: skip
-        if pts:
-            ax.plot(*zip(*pts), "o-", label=label)
-    for name, style in (("real", "k--"), ("non-DP (σ=∞)", "k:"), ("public only (ε=0)", "k-.")):
-        ref = next((r for r in rows if r["row"] == name and r.get("dsc_intracranial_mean") is not None), None)
-        if ref:
-            ax.axhline(ref["dsc_intracranial_mean"], ls=style[1:], color="k", label=f"{name}: {ref['dsc_intracranial_mean']:.2f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("ε (RDP, at the run's δ)")
-    ax.set_ylabel("test DSC (intracranial)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-
-
 def dp_sweep(
     out_dir: str = "outputs/dp_sweep",
     experiment: str = "cpu_dp_wgan.yaml",
@@ -175,6 +126,7 @@ def dp_sweep(
     pretrained_epsilons: list[float] = [7.0, 30.0],  # noqa: B006
     pretrained_patch_epsilons: list[float] = [],  # noqa: B006
     non_dp: bool = True,
+    non_dp_pretrained: bool = False,
     public_only: bool = True,
     candidates: int = 2,
     n_synthetic: int = 2000,
@@ -187,6 +139,7 @@ def dp_sweep(
     group: str | None = None,
     wandb: bool = True,
     resume: bool = True,
+    repeats: int = 1,
 ) -> Path:
     """Runs the ε sweep and returns the folder holding README.md, dp_sweep.csv and dp_sweep.png.
 
@@ -203,7 +156,9 @@ def dp_sweep(
         patient_epsilons: target ε of the patient-level rows trained from scratch.
         pretrained_epsilons: target ε of the patient-level rows fine-tuned from the public pre-trained GAN.
         pretrained_patch_epsilons: target ε of the patch-level rows fine-tuned from the public pre-trained GAN.
-        non_dp: add the σ = ∞ reference row.
+        non_dp: add the σ = ∞ reference row (from scratch).
+        non_dp_pretrained: add a σ = ∞ row fine-tuned from the public pre-training like the pretrained rows
+            (pretrained_args too): what the fine-tuning recipe gives without privacy.
         public_only: with pretrained rows, add the pre-trained GAN itself (never saw the private cohort: ε = 0).
         candidates: last epoch snapshots of each GAN tried by downstream utility.
         n_synthetic: synthetic pairs per candidate.
@@ -217,43 +172,70 @@ def dp_sweep(
         group: W&B group of every run (default "dp-sweep-" + the out_dir name).
         wandb: False for CSV logs only.
         resume: skip the steps the state file records as finished.
+        repeats: runs per row (the references included), repeat r with seed `seed + r` (and fresh DP noise and
+            Poisson draws); the report gives the mean and a 95 % t-interval over the repeats. The public pre-training
+            is made once. Raising it on a finished sweep runs only the new repeats.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = sweep_rows(patch_epsilons, patch_sigmas, patient_epsilons, pretrained_epsilons, non_dp, pretrained_patch_epsilons)
+    if repeats < 1:
+        raise ValueError(f"workflows/dp_sweep.py: repeats must be ≥ 1, got {repeats}")
+    rows = sweep_rows(patch_epsilons, patch_sigmas, patient_epsilons, pretrained_epsilons, non_dp, pretrained_patch_epsilons,
+                      non_dp_pretrained)  # fmt: skip
     settings = {"experiment": experiment, "patient_experiment": patient_experiment, "pretrain_experiment": pretrain_experiment,
                 "unet": unet, "candidates": candidates, "n_synthetic": n_synthetic, "select": select, "seed": seed,
                 "gan_args": gan_args or [], "unet_args": unet_args or []}  # fmt: skip
-    # only when given, so that a state file written before these options existed still resumes
+    # only when given, so that a state file written before these options existed still resumes (repeats is not a
+    # setting: more repeats only add steps)
     settings.update({k: v for k, v in (("pretrained_args", pretrained_args), ("pretrain_args", pretrain_args)) if v})
     ledger = Ledger(out, settings, resume)
-    seed_args = ["--seed_everything", str(seed)]
-    ctx = {"out": out, "ledger": ledger, "group": (group or f"dp-sweep-{out.name}") if wandb else None, "unet": unet,
-           "unet_args": [*seed_args, *(unet_args or [])], "candidates": candidates, "n_synthetic": n_synthetic,
-           "select": select, "seed": seed}  # fmt: skip
-    results = [real_row(ctx)]
-    pre_args = [*seed_args, *(gan_args or []), *(pretrain_args or [])]
-    pretrained = pretrain(ctx, pretrain_experiment, pre_args) if any(r["pretrained"] for r in rows) else None
-    if pretrained and public_only:
-        results.append(public_row(ctx))
-    for i, row in enumerate(rows, 1):
-        print(f"[dp-sweep {i}/{len(rows)}] {row['name']}", flush=True)
-        args = [*seed_args, *(gan_args or []), *((pretrained_args or []) if row["pretrained"] else [])]
-        results.append(sweep_row(ctx, row, experiment if row["unit"] == "patch" else patient_experiment, pretrained, args))
-        write_outputs(out, list(results))
-    return write_outputs(out, results)
+    base = {"out": out, "ledger": ledger, "group": (group or f"dp-sweep-{out.name}") if wandb else None, "unet": unet,
+            "candidates": candidates, "n_synthetic": n_synthetic, "select": select}  # fmt: skip
+    pre_args = ["--seed_everything", str(seed), *(gan_args or []), *(pretrain_args or [])]
+    needs_pretraining = any(r["pretrained"] for r in rows)
+    pretrained = pretrain(repeat_ctx(base, seed, 0, unet_args), pretrain_experiment, pre_args) if needs_pretraining else None
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for r in range(repeats):  # repeat-major: every row has its first run before any row gets a second
+        ctx = repeat_ctx(base, seed, r, unet_args)
+        runs.setdefault("real", []).append(real_row(ctx))
+        if pretrained and public_only:
+            runs.setdefault("public only (ε=0)", []).append(public_row(ctx))
+        for i, row in enumerate(rows, 1):
+            print(f"[dp-sweep repeat {r + 1}/{repeats}, row {i}/{len(rows)}] {row['name']}", flush=True)
+            fine_tuning = (pretrained_args or []) if row["pretrained"] else []
+            args = [*ctx["seed_args"], *(gan_args or []), *fine_tuning]
+            experiment_file = experiment if row["unit"] == "patch" else patient_experiment
+            runs.setdefault(row["name"], []).append(sweep_row(ctx, row, experiment_file, pretrained, args))
+            write_outputs(out, runs)
+    return write_outputs(out, runs)
+
+
+def repeat_ctx(base: dict[str, Any], seed: int, repeat: int, unet_args: list[str] | None) -> dict[str, Any]:
+    """The context of one repeat: seed + repeat for every run and the synthesis; run and state-file names get " r<n>"
+    from the second repeat on (the first keeps the names of a sweep without repeats, so old state files resume)."""
+    seed_args = ["--seed_everything", str(seed + repeat)]
+    return {**base, "seed": seed + repeat, "repeat": repeat, "suffix": f" r{repeat}" if repeat else "", "seed_args": seed_args,
+            "unet_args": [*seed_args, *(unet_args or [])]}  # fmt: skip
+
+
+def tagged(ctx: dict[str, Any], name: str) -> str:
+    """`name` of this repeat's runs and state-file keys."""
+    return slug(name + ctx.get("suffix", ""))
 
 
 def real_row(ctx: dict[str, Any]) -> dict[str, Any]:
-    done = ctx["ledger"].get("row/real")
+    key, run = f"row/{tagged(ctx, 'real')}", f"unet-{tagged(ctx, 'real')}"
+    done = ctx["ledger"].get(key)
     if done is None:
-        fit = run_fit(ctx["unet"], "unet-real", ctx["out"], ctx["unet_args"], ctx["group"], ctx["select"])
-        summary = test_unet(ctx, "unet-real", str(fit.checkpoint), ctx["unet_args"])
-        done = ctx["ledger"].record("row/real", result("real", {"unit": None}, summary, {"epsilon": None}, {"val_dsc": fit.score}))
+        fit = run_fit(ctx["unet"], run, ctx["out"], ctx["unet_args"], ctx["group"], ctx["select"])
+        summary = test_unet(ctx, run, str(fit.checkpoint), ctx["unet_args"])
+        extra = {"val_dsc": fit.score, "repeat": ctx["repeat"], "seed": ctx["seed"]}
+        done = ctx["ledger"].record(key, result("real", {"unit": None}, summary, {"epsilon": None}, extra))
     return done
 
 
 def pretrain(ctx: dict[str, Any], experiment: str, args: list[str]) -> str:
+    """The one public pre-training (seed `seed`) that every repeat of every fine-tuned row starts from."""
     done = ctx["ledger"].get("pretrain")
     if done is None:
         gan = fit_gan("public-pretrain", experiment, ctx["out"], args, ctx["group"], "last")
@@ -262,28 +244,31 @@ def pretrain(ctx: dict[str, Any], experiment: str, args: list[str]) -> str:
 
 
 def public_row(ctx: dict[str, Any]) -> dict[str, Any]:
-    """The public pre-trained GAN, selected and evaluated like every row: no private data touched, ε = 0."""
-    done = ctx["ledger"].get("row/public-only")
+    """The public pre-trained GAN, selected and evaluated like every row: no private data touched, ε = 0. Its repeats
+    re-synthesise and retrain the U-Net with the repeat's seed (the pre-training itself is made once)."""
+    key = f"row/{tagged(ctx, 'public-only')}"
+    done = ctx["ledger"].get(key)
     if done is None:
         best = select_snapshot(ctx, "public-only", ctx["ledger"].get("pretrain"))
         summary = test_unet(ctx, best["run"], best["unet_checkpoint"], [*ctx["unet_args"], *unet_data_args("synthetic", best["store"])])
         row = {"unit": None, "pretrained": True, "sigma": None, "target_epsilon": None}
-        extra = {"gan_epoch": Path(best["gan_checkpoint"]).stem, "val_dsc": best["val_dsc"]}
-        done = ctx["ledger"].record("row/public-only", result("public only (ε=0)", row, summary,
-                                                              {"epsilon": 0.0, "steps": 0, "noise_multiplier": None}, extra))
+        extra = {"gan_epoch": Path(best["gan_checkpoint"]).stem, "val_dsc": best["val_dsc"], "repeat": ctx["repeat"], "seed": ctx["seed"]}
+        done = ctx["ledger"].record(key, result("public only (ε=0)", row, summary,
+                                                {"epsilon": 0.0, "steps": 0, "noise_multiplier": None}, extra))
     return done
 
 
 def sweep_row(ctx: dict[str, Any], row: dict[str, Any], experiment: str, pretrained: str | None, args: list[str]) -> dict[str, Any]:
-    key = f"row/{slug(row['name'])}"
+    key = f"row/{tagged(ctx, row['name'])}"
     done = ctx["ledger"].get(key)
     if done is not None:
         return done
     started = time.time()
-    gan_key = f"gan/{slug(row['name'])}"
-    gan = ctx["ledger"].get(gan_key) or ctx["ledger"].record(
-        gan_key, fit_gan(row["name"], experiment, ctx["out"], [*args, *privacy_args(row, pretrained)], ctx["group"], "last"))
+    gan_key = f"gan/{tagged(ctx, row['name'])}"
+    gan = ctx["ledger"].get(gan_key) or ctx["ledger"].record(gan_key, fit_gan(
+        row["name"] + ctx.get("suffix", ""), experiment, ctx["out"], [*args, *privacy_args(row, pretrained)], ctx["group"], "last"))
     best = select_snapshot(ctx, row["name"], gan)
     summary = test_unet(ctx, best["run"], best["unet_checkpoint"], [*ctx["unet_args"], *unet_data_args("synthetic", best["store"])])
-    extra = {"gan_epoch": Path(best["gan_checkpoint"]).stem, "val_dsc": best["val_dsc"], "minutes": (time.time() - started) / 60}
+    extra = {"gan_epoch": Path(best["gan_checkpoint"]).stem, "val_dsc": best["val_dsc"], "minutes": (time.time() - started) / 60,
+             "repeat": ctx.get("repeat", 0), "seed": ctx["seed"]}  # fmt: skip
     return ctx["ledger"].record(key, result(row["name"], row, summary, best["privacy"], extra))
