@@ -64,7 +64,8 @@ def run_demo(out_dir: str | None = None, n_synthetic: int | None = None, seed: i
     Args:
         out_dir: where runs, synthetic store and the report go (default outputs/demo, 3D: outputs/demo3d).
         n_synthetic: synthetic pairs to write (default 2000, matching the 2D demo's 2,000 real training patches,
-            paper 41,000; 3D: 1000, the 3D U-Net's real training patches, paper 11,750).
+            paper 41,000; 3D: 1000, the 3D U-Net's vessel-centred real training patches (it also has 500 random
+            ones), paper 11,750).
         seed: seed of every step.
         gan_args: more CLI arguments for the GAN fit (e.g. another `--data.init_args.cohort_dir`).
         unet_args: more CLI arguments for the U-Net fits and tests.

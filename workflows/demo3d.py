@@ -1,6 +1,6 @@
 """`tofgan demo --dims 3`: the 3D paper's path (Subramaniam et al. 2022) at CPU size.
 
-simulate cohort → 3D WGAN-GP-SN fit (32×32×16 patches, cpu_compare3d_sn.yaml) → synthesise 3D pairs (streamed) →
+simulate cohort → 3D WGAN-GP-SN fit (32×32×16 patches, cpu_demo3d_gan.yaml) → synthesise 3D pairs (streamed) →
 3D U-Net fit on synthetic and on real patches (cpu_compare3d_unet.yaml) → 3D sliding-window test of both on
 the real test patients (all vessels and intracranial, DSC / 95HD / bAVD in mm and voxels) → report folder with the
 table, the synthetic-to-real DSC ratio, label realism of the synthetic patches (components, largest share, specks:
@@ -19,7 +19,7 @@ import torch
 
 from workflows.report import markdown_table, plot_curves, write_csv
 
-GAN = "cpu_compare3d_sn.yaml"
+GAN = "cpu_demo3d_gan.yaml"
 UNET = "cpu_compare3d_unet.yaml"
 METRICS = ("dsc", "hd95", "bavd", "bavd_vox")
 REALISM = ("vessel_fraction", "n_components", "largest_share", "speck_share", "radius_median_mm", "empty_fraction")
