@@ -38,6 +38,7 @@ import yaml
 from workflows.compare_report import slug, write_report
 from workflows.compose import CONFIGS, experiment_args
 from workflows.grid_search import Select, run_fit, run_test
+from workflows.report import write_csv
 from workflows.runs import finish_wandb, run_fragments
 
 GANS = {"DCGAN": "cpu_compare_dcgan.yaml", "WGAN-GP": "cpu_compare_wgan_gp.yaml",
@@ -125,13 +126,7 @@ def merge_resumed_versions(run_root: Path, final: Path) -> Path:
                     os.link(ckpt, target)
                 except OSError:  # a filesystem without hard links
                     shutil.copy2(ckpt, target)
-    merged, tmp = final / "metrics_all.csv", final / "metrics_all.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(r for epoch in sorted(by_epoch) for r in by_epoch[epoch])
-    os.replace(tmp, merged)
-    return merged
+    return write_csv([r for epoch in sorted(by_epoch) for r in by_epoch[epoch]], keys, final / "metrics_all.csv")
 
 
 def evaluation_fragment(out: Path, extractor: str) -> list[str]:

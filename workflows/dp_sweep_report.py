@@ -10,7 +10,6 @@ fixed cohort and test patients, and, for fine-tuned rows, for the one public pre
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import scipy.stats
 
-from workflows.report import markdown_table
+from workflows.report import markdown_table, write_csv
 
 VESSELS = ("intracranial", "all")
 #: Fields that are the same in every repeat of a row (the first repeat's are reported).
@@ -60,14 +59,8 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_csv(rows, list(dict.fromkeys(k for r in rows for k in r)), path)  # every field any record has
 
 
 def _fmt(v: Any) -> str:
@@ -84,9 +77,9 @@ def write_outputs(out: Path, runs: dict[str, list[dict[str, Any]]]) -> Path:
     """dp_sweep.csv (one row per sweep row, repeats summarised), dp_sweep_runs.csv (every repeat), README.md, dp_sweep.png.
 
     `runs`: row name → its finished repeats' records (a record has a "repeat" index), in table order."""
-    write_csv(out / "dp_sweep_runs.csv", [r for reps in runs.values() for r in reps])
+    _write_rows(out / "dp_sweep_runs.csv", [r for reps in runs.values() for r in reps])
     rows = with_ratios([summarise(reps) for reps in runs.values() if reps])
-    write_csv(out / "dp_sweep.csv", rows)
+    _write_rows(out / "dp_sweep.csv", rows)
     table = [{"row": r["row"], "unit": _fmt(r["unit"]), "σ": _fmt(r["sigma"]), "ε RDP": _fmt(r["epsilon"]),
               "ε PRV": _fmt(r["epsilon_prv"]), "δ": _fmt(r["delta"]), "critic steps": _fmt(r["steps"]), "n": str(r["repeats"]),
               "test DSC intracranial": _pm(r["dsc_intracranial_mean"], r["dsc_intracranial_ci95"], r["dsc_intracranial_patient_sd"]),
