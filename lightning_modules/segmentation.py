@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceLoss
 from torch import nn
@@ -105,6 +105,8 @@ class SegmentationModule(LightningModule):
     Args:
         net: a network returning logits, 2D (`len(roi_size) == 2`, applied slice by slice along z) or 3D.
         optimizer: optimiser factory, injected by LightningCLI (paper: Adam, lr 1e-4 or 8e-5; set lr in config).
+        scheduler: optional learning-rate schedule factory, stepped once per epoch (the papers used a constant
+            rate; the short CPU runs decay it so that the last epochs do not swing, e.g. CosineAnnealingLR).
         input_norm: "zscore" per patch / per window, or "none".
         threshold: probability threshold for binary masks.
         roi_size: sliding-window size; 2 entries → axial 2D windows, 3 entries → 3D windows.
@@ -126,6 +128,7 @@ class SegmentationModule(LightningModule):
         self,
         net: nn.Module,
         optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
         input_norm: Literal["zscore", "none"] = "zscore",
         threshold: float = 0.5,
         roi_size: Sequence[int] = (96, 96),
@@ -149,7 +152,7 @@ class SegmentationModule(LightningModule):
                              "roi_size (--model.init_args.roi_size)")
         self.save_hyperparameters()
         self.net = net
-        self.optimizer = optimizer
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.input_norm = input_norm
         self.threshold = float(threshold)
         self.roi_size = tuple(int(r) for r in roi_size)
@@ -363,5 +366,8 @@ class SegmentationModule(LightningModule):
         out = self._volume_outputs(batch)
         return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer(self.parameters())
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "epoch"}}

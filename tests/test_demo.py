@@ -53,6 +53,7 @@ def test_tiny_3d_demo_writes_the_report(tmp_path):
         ("synthetic (3D WGAN-GP-SN)", "all"), ("synthetic (3D WGAN-GP-SN)", "intracranial"), ("real", "all"),
         ("real", "intracranial")]  # fmt: skip
     assert all(r["patients"] == "2" and " ± " in r["DSC"] and r["BAVD_VOX"] for r in rows)
+    assert all(r["U-Net epoch"] == "0" for r in rows)  # each U-Net at its best-validation epoch (one here)
     store = tmp_path / "demo3d" / "synthetic"
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["n_samples"] == 12 and manifest["patch_size"] == [32, 32, 8]
@@ -61,3 +62,27 @@ def test_tiny_3d_demo_writes_the_report(tmp_path):
     assert "| real (GAN training patches) | 36 |" in readme  # 3 patients × (2×2×2 grid + 4 vessel-centred)
     figure = imread(report / "samples3d.png")
     assert figure.ndim == 3 and figure.shape[1] > figure.shape[0] and (report / "gan_losses.png").is_file()
+
+
+def test_3d_demo_synthesises_from_the_snapshot_with_the_closest_vessel_fraction(tmp_path):
+    """`workflows.demo3d.select_gan`: the second half's snapshot of lowest val/label_w1_vessel_fraction, named in the
+    report; the last checkpoint when the run scored no snapshot."""
+    from types import SimpleNamespace
+
+    from workflows.demo3d import GAN_SELECT, select_gan, selection_lines
+
+    run = tmp_path / "gan" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    for epoch in (4, 9, 14, 19):
+        (run / "checkpoints" / f"epoch={epoch}.ckpt").write_bytes(b"fake")
+    last = run / "checkpoints" / "last.ckpt"
+    rows = ["epoch,step,val/label_w1_vessel_fraction", "4,10,0.001", "9,20,0.02", "14,30,0.005", "19,40,0.03"]
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    cli = SimpleNamespace(trainer=SimpleNamespace(loggers=[SimpleNamespace(log_dir=str(run))], max_epochs=20))
+    chosen, selection = select_gan(cli, last)
+    assert chosen == run / "checkpoints" / "epoch=14.ckpt"  # epoch 4 is lower but in the first half
+    assert selection["rule"] == GAN_SELECT and [c["epoch"] for c in selection["candidates"]] == [14, 19]
+    assert any("epoch 14" in line for line in selection_lines(selection))
+    (run / "metrics.csv").write_text("epoch,step,train/loss\n0,1,1.0\n")
+    chosen, selection = select_gan(cli, last)
+    assert chosen == last and selection["rule"] == "last" and "never logged" in selection["why"]

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.utils.data import DataLoader
 
 from callbacks.prediction_writer import NiftiPredictionWriter
@@ -77,6 +77,21 @@ def test_fast_dev_run_fit_validate(tmp_path):
     logged = trainer.callback_metrics
     for key in ("train/loss", "train/dsc", "val/loss", "val/dsc"):
         assert key in logged and torch.isfinite(logged[key]), key
+
+
+def test_scheduler_steps_once_per_epoch(tmp_path):
+    """An injected schedule (cpu_demo3d_unet.yaml: cosine over the epochs) sets each epoch's learning rate."""
+    sched = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4)
+    m = _module(scheduler=sched)
+    rates: list[float] = []
+
+    class Record(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    _trainer(tmp_path, max_epochs=3, callbacks=[Record()]).fit(m, DataLoader(_patches(), batch_size=4))
+    expected = [3e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(3)]
+    assert rates == pytest.approx(expected, rel=1e-9) and rates[2] < rates[0]
 
 
 def _volume(seed: int, pid: str, shape=(32, 32, 5), brain: bool = True) -> dict:

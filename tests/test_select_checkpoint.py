@@ -59,6 +59,15 @@ def test_metric_rules(tmp_path, rule, epoch, value):
         assert {c["epoch"]: c["value"] for c in sel["candidates"]} == {0: 50.0, 1: 30.0, 2: 25.0}
 
 
+def test_min_epoch_leaves_out_early_epochs(tmp_path):
+    run = make_run(tmp_path)  # val/fid 0 → 50, 1 → 30, 2 → 25: "max" would pick epoch 0
+    assert select_checkpoint(str(run), "max:val/fid", min_epoch=1).name == "epoch=1-step=20.ckpt"
+    sel = json.loads((run / "selection.json").read_text())
+    assert sel["min_epoch"] == 1 and [c["epoch"] for c in sel["candidates"]] == [1, 2]
+    with pytest.raises(ValueError, match="no epoch ≥ 3"):
+        select_checkpoint(str(run), "min:val/fid", min_epoch=3)
+
+
 def test_ties_go_to_the_earliest_epoch_and_explicit_csv(tmp_path):
     run = make_run(tmp_path / "run", csv=None)
     other = tmp_path / "elsewhere.csv"
@@ -102,7 +111,7 @@ def test_errors(tmp_path):
     with pytest.raises(KeyError, match="'val/dsc' was never logged; logged keys: train/loss, val/fid"):
         select_checkpoint(str(run), "max:val/dsc")
     (run / "only_late.csv").write_text("epoch,step,m\n7,1,1.0\n")
-    with pytest.raises(ValueError, match="no epoch has both"):
+    with pytest.raises(ValueError, match="no epoch ≥ 0 has both"):
         select_checkpoint(str(run), "min:m", metrics_csv=str(run / "only_late.csv"))
     no_csv = make_run(tmp_path / "no_csv", csv=None)
     with pytest.raises(FileNotFoundError, match="metrics file not found"):

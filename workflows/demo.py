@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from workflows.compose import experiment_args
-from workflows.grid_search import run_test
-from workflows.runs import finish_wandb, run_fragments
+from workflows.grid_search import run_fit, run_test
+from workflows.runs import Select, finish_wandb, run_fragments
 from workflows.report import markdown_table, mean_sd, plot_curves, write_csv
 
 GAN = "cpu_compare_wgan_gp_sn.yaml"
@@ -41,19 +41,29 @@ def _test(experiment: str, run: str, ckpt: Path, out: Path, extra: list[str]) ->
     return summary["results"]
 
 
+def _fit_unet(unet: str, run: str, out: Path, extra: list[str], select: Select | None) -> tuple[Path, int | None]:
+    """The U-Net's checkpoint: the last epoch's, or with `select` the one `workflows.grid_search.run_fit` keeps (best
+    validation DSC, as `tofgan compare` chooses), and that epoch."""
+    if select is None:
+        return _fit(unet, run, out, extra), None
+    fit = run_fit(unet, run, out, extra, "demo", select)
+    return fit.checkpoint, fit.epoch
+
+
 def _unet_rows(unet: str, gan: str, metrics: Sequence[str], store: str, out: Path,
-               extra: list[str]) -> list[dict[str, Any]]:
+               extra: list[str], select: Select | None = None) -> list[dict[str, Any]]:
     """U-Net `unet` fitted on the synthetic `store` and on the real patches, each tested on the real test patients;
-    one row per (training data, vessels)."""
+    one row per (training data, vessels); with `select` the rows name the chosen epoch."""
     synth_args = ["--data.init_args.use_real", "false", "--data.init_args.synthetic_stores", f"[{store}]"]
-    unet_synth = _fit(unet, "unet-synthetic", out, extra + synth_args)
-    unet_real = _fit(unet, "unet-real", out, extra)
+    unet_synth = _fit_unet(unet, "unet-synthetic", out, extra + synth_args, select)
+    unet_real = _fit_unet(unet, "unet-real", out, extra, select)
     rows = []
-    for name, ckpt in ((f"synthetic ({gan})", unet_synth), ("real", unet_real)):
+    for name, (ckpt, epoch) in ((f"synthetic ({gan})", unet_synth), ("real", unet_real)):
         results = _test(unet, f"test-{name.split()[0]}", ckpt, out, extra)
         for voxels, summary in results.items():  # "all" vessels, and "intracranial" with brain masks
             rows.append({"training data": name, "vessels": voxels, **{m.upper(): mean_sd(summary, m) for m in metrics},
-                         "dsc_mean": summary.get("dsc_mean"), "patients": int(summary.get("n_patients", 0))})  # fmt: skip
+                         "dsc_mean": summary.get("dsc_mean"), "patients": int(summary.get("n_patients", 0)),
+                         **({"U-Net epoch": epoch} if select else {})})  # fmt: skip
     return rows
 
 

@@ -1,7 +1,7 @@
 """`tofgan demo --dims 3`: the 3D paper's path (Subramaniam et al. 2022) at CPU size.
 
 simulate cohort → 3D WGAN-GP-SN fit (32×32×16 patches, cpu_demo3d_gan.yaml) → synthesise 3D pairs (streamed) →
-3D U-Net fit on synthetic and on real patches (cpu_compare3d_unet.yaml) → 3D sliding-window test of both on
+3D U-Net fit on synthetic and on real patches (cpu_demo3d_unet.yaml, epoch of best validation DSC) → 3D sliding-window test of both on
 the real test patients (all vessels and intracranial, DSC / 95HD / bAVD in mm and voxels) → report folder with the
 table, the synthetic-to-real DSC ratio, label realism of the synthetic patches (components, largest share, specks:
 what FID does not see) and a sample figure (mid axial slice and axial maximum-intensity projection of image and
@@ -10,6 +10,7 @@ label, real beside synthetic). Skull-stripped, as the 2D demo; the 3D paper's ow
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,12 @@ import torch
 from workflows.report import markdown_table, plot_curves, write_csv
 
 GAN = "cpu_demo3d_gan.yaml"
-UNET = "cpu_compare3d_unet.yaml"
+UNET = "cpu_demo3d_unet.yaml"
 METRICS = ("dsc", "hd95", "bavd", "bavd_vox")
+# The labels' vessel fraction swings between snapshots of this short run and the synthetic-trained U-Net follows it
+# (cpu_demo3d_gan.yaml): take the snapshot whose per-patch vessel fractions are closest (Wasserstein-1) to the real
+# validation patches' (GANEvaluationCallback's val/label_w1_vessel_fraction; no test patient is looked at).
+GAN_SELECT = "min:val/label_w1_vessel_fraction"
 REALISM = ("vessel_fraction", "n_components", "largest_share", "speck_share", "radius_median_mm", "empty_fraction")
 
 
@@ -32,18 +37,33 @@ def run_demo3d(out: Path, n_synthetic: int, seed: int, gan_args: list[str], unet
 
     started = time.time()
     seed_arg = ["--seed_everything", str(seed)]
-    gan_ckpt, gan_cli = _fit(GAN, "gan", out, [*seed_arg, *gan_args], keep_cli=True)
+    last_ckpt, gan_cli = _fit(GAN, "gan", out, [*seed_arg, *gan_args], keep_cli=True)
+    gan_ckpt, selection = select_gan(gan_cli, last_ckpt)
     real = real_patches(gan_cli.datamodule, 200, seed)
     spacing = gan_cli.datamodule.patch_spacing()
     store = synthesize(str(gan_ckpt), str(out / "synthetic"), n_samples=n_synthetic, seed=seed, overwrite=True,
                        wandb_group="demo")
-    rows = _unet_rows(UNET, "3D WGAN-GP-SN", METRICS, store, out, [*seed_arg, *unet_args])
+    rows = _unet_rows(UNET, "3D WGAN-GP-SN", METRICS, store, out, [*seed_arg, *unet_args], select="best")
     synthetic = store_patches(Path(store), 200, seed)
     realism = realism_rows(real, synthetic, spacing)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     sample_figure(real, synthetic, report / "samples3d.png")
-    return write_report3d(out, report, rows, realism, (time.time() - started) / 60, n_synthetic)
+    return write_report3d(out, report, rows, realism, (time.time() - started) / 60, n_synthetic, selection)
+
+
+def select_gan(cli: Any, last_ckpt: Path) -> tuple[Path, dict[str, Any]]:
+    """The snapshot to synthesise from (`GAN_SELECT` over the second half of the run's epochs); the last checkpoint when
+    the run scored no snapshot (a run shorter than the 5-epoch snapshot interval, or a config without the callback)."""
+    from workflows.select_checkpoint import select_checkpoint
+
+    run = Path(cli.trainer.loggers[0].log_dir)
+    try:
+        chosen = select_checkpoint(str(run), GAN_SELECT, min_epoch=cli.trainer.max_epochs // 2)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"tofgan demo --dims 3: no scored GAN snapshot ({err}); synthesising from {last_ckpt}")
+        return last_ckpt, {"rule": "last", "checkpoint": str(last_ckpt), "why": str(err)}
+    return chosen, json.loads((run / "selection.json").read_text())
 
 
 # ---------------------------------------------------------------------------- data for the figure and realism
@@ -124,18 +144,19 @@ def dsc_ratio(rows: list[dict[str, Any]], vessels: str = "intracranial") -> floa
 
 
 def write_report3d(out: Path, report: Path, rows: list[dict[str, Any]], realism: list[dict[str, Any]], minutes: float,
-                   n_synthetic: int) -> Path:
-    columns = ["training data", "vessels", "DSC", "HD95", "BAVD", "BAVD_VOX", "patients"]
+                   n_synthetic: int, selection: dict[str, Any] | None = None) -> Path:
+    columns = ["training data", "vessels", "DSC", "HD95", "BAVD", "BAVD_VOX", "patients", "U-Net epoch"]
     write_csv(rows, columns, report / "results.csv")
     table = markdown_table(rows, columns)
     ratio = dsc_ratio(rows)
     lines = ["# tofgan demo --dims 3", "", f"Wall time of the pipeline: {minutes:.1f} min.", "",
              f"3D WGAN-GP-SN ({GAN}) → {n_synthetic} synthetic 3D pairs → 3D U-Net ({UNET}, skull-stripped) trained on "
-             "them and on the real patches, tested on whole volumes of the real (simulated) test patients by 3D "
+             "them and on the real patches (each U-Net at its epoch of best validation DSC), tested on whole volumes of the real (simulated) test patients by 3D "
              "sliding window; mean ± SD over patients. HD95 and BAVD in mm, BAVD_VOX in voxels (the 3D paper's unit). "
              "`intracranial`: label and prediction masked with the brain mask.", "", table, "",
              f"Synthetic / real intracranial DSC: **{ratio:.2f}** (target ≥ 0.75; the paper 0.841 / 0.901 = 0.93)."
              if ratio is not None else "Synthetic / real intracranial DSC: n/a.", "",
+             *selection_lines(selection or {}),
              "## Label realism (per patch; FID and PRD see the image only)", "",
              markdown_table(realism, ["patches", "n", *REALISM]), "",
              "`n_components`: 26-connected vessel components per patch; `largest_share`: the largest one's share of the "
@@ -149,3 +170,13 @@ def write_report3d(out: Path, report: Path, rows: list[dict[str, Any]], realism:
     (report / "README.md").write_text("\n".join(lines))
     print("\n" + table + f"\n\nsynthetic/real intracranial DSC {ratio}\nReport: {report}/README.md ({minutes:.1f} min)")
     return report
+
+
+def selection_lines(selection: dict[str, Any]) -> list[str]:
+    """Report lines naming the GAN snapshot the pairs came from and why."""
+    if selection.get("rule") != GAN_SELECT:
+        return [f"GAN checkpoint: `{selection.get('checkpoint', 'last')}` (no scored snapshot: {selection.get('why', '')}).", ""]
+    rows = [{"epoch": c["epoch"], "val/label_w1_vessel_fraction": f"{c['value']:.4f}"} for c in selection["candidates"]]
+    return [f"GAN snapshot: epoch {selection['epoch']} (`{GAN_SELECT}` over epochs ≥ {selection['min_epoch']}: the "
+            "labels' vessel fractions closest to the real validation patches').", "",
+            markdown_table(rows, ["epoch", "val/label_w1_vessel_fraction"]), ""]

@@ -81,20 +81,22 @@ def _epoch_of(path: Path) -> int | None:
     return load_checkpoint_dict(path, "Lightning checkpoint", mmap=True).get("epoch")
 
 
-def select_checkpoint(run_dir: str, rule: str = "last", metrics_csv: str | None = None) -> Path:
+def select_checkpoint(run_dir: str, rule: str = "last", metrics_csv: str | None = None, min_epoch: int = 0) -> Path:
     """Returns the checkpoint `rule` picks among the run's per-epoch checkpoints; writes run_dir/selection.json.
 
     Args:
         run_dir: the run folder (holding `checkpoints/` and, for metric rules, `metrics.csv`).
         rule: "last", "min:<metric key>" or "max:<metric key>" (e.g. "min:val/fid").
         metrics_csv: the CSVLogger file to read; None → run_dir/metrics.csv.
+        min_epoch: metric rules consider only epochs ≥ this (early snapshots of a short run can match one statistic
+            by chance, e.g. label vessel fraction before vessels have shapes).
     """
     mode, key = _parse_rule(rule)
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: run folder not found")
     checkpoints = epoch_checkpoints(run)
-    record: dict = {"rule": rule, "metric": key, "mode": mode, "metrics_csv": None}
+    record: dict = {"rule": rule, "metric": key, "mode": mode, "metrics_csv": None, "min_epoch": min_epoch}
     if not checkpoints:
         last = run / "checkpoints" / "last.ckpt"
         if mode != "last" or not last.is_file():
@@ -110,11 +112,11 @@ def select_checkpoint(run_dir: str, rule: str = "last", metrics_csv: str | None 
         if not csv_path.is_file():
             raise FileNotFoundError(f"{csv_path}: metrics file not found (rule {rule!r} needs the run's CSVLogger metrics.csv)")
         values = epoch_values(csv_path, key)  # type: ignore[arg-type]
-        common = sorted(set(values) & set(checkpoints))
+        common = sorted(e for e in set(values) & set(checkpoints) if e >= min_epoch)
         if not common:
             raise ValueError(
-                f"{csv_path}: no epoch has both a value of {key!r} (epochs {sorted(values)}) and a checkpoint"
-                f" (epochs {sorted(checkpoints)})"
+                f"{csv_path}: no epoch ≥ {min_epoch} has both a value of {key!r} (epochs {sorted(values)}) and a"
+                f" checkpoint (epochs {sorted(checkpoints)})"
             )
         pick = min if mode == "min" else max
         epoch = pick(common, key=lambda e: (values[e], e) if mode == "min" else (values[e], -e))
