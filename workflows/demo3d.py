@@ -1,8 +1,8 @@
 """`tofgan demo --dims 3`: the 3D paper's path (Subramaniam et al. 2022) at CPU size.
 
 simulate cohort → 3D WGAN-GP-SN fit (32×32×16 patches, cpu_demo3d_gan.yaml) → synthesise 3D pairs (streamed) →
-3D U-Net fit on synthetic and on real patches (cpu_demo3d_unet.yaml, epoch of best validation DSC) → 3D sliding-window test of both on
-the real test patients (all vessels and intracranial, DSC / 95HD / bAVD in mm and voxels) → report folder with the
+3D U-Net fit on synthetic and on real patches (cpu_demo3d_unet.yaml, epoch of best validation DSC) → 3D
+sliding-window test of both on the real test patients (all vessels and intracranial, DSC / 95HD / bAVD in mm and voxels) → report folder with the
 table, the synthetic-to-real DSC ratio, label realism of the synthetic patches (components, largest share, specks:
 what FID does not see) and a sample figure (mid axial slice and axial maximum-intensity projection of image and
 label, real beside synthetic). Skull-stripped, as the 2D demo; the 3D paper's own protocol is unstripped.
@@ -151,8 +151,8 @@ def write_report3d(out: Path, report: Path, rows: list[dict[str, Any]], realism:
     ratio = dsc_ratio(rows)
     lines = ["# tofgan demo --dims 3", "", f"Wall time of the pipeline: {minutes:.1f} min.", "",
              f"3D WGAN-GP-SN ({GAN}) → {n_synthetic} synthetic 3D pairs → 3D U-Net ({UNET}, skull-stripped) trained on "
-             "them and on the real patches (each U-Net at its epoch of best validation DSC), tested on whole volumes of the real (simulated) test patients by 3D "
-             "sliding window; mean ± SD over patients. HD95 and BAVD in mm, BAVD_VOX in voxels (the 3D paper's unit). "
+             "them and on the real patches (each U-Net at its epoch of best validation DSC), tested on whole volumes of "
+             "the real (simulated) test patients by 3D sliding window; mean ± SD over patients. HD95 and BAVD in mm, BAVD_VOX in voxels (the 3D paper's unit). "
              "`intracranial`: label and prediction masked with the brain mask.", "", table, "",
              f"Synthetic / real intracranial DSC: **{ratio:.2f}** (target ≥ 0.75; the paper 0.841 / 0.901 = 0.93)."
              if ratio is not None else "Synthetic / real intracranial DSC: n/a.", "",

@@ -3,8 +3,8 @@
 For every row — a DP-WGAN at a σ or a target ε, per patch or per patient, from scratch or fine-tuned from a GAN
 pre-trained on a public (simulated) cohort — the GAN is fitted `repeats` times (seeds seed, seed + 1, …); each fit's
 last `candidates` epoch snapshots are each synthesised and used to train the U-Net (synthetic only), and the snapshot
-whose U-Net has the best validation DSC is that fit's model ("selected per model over epochs by downstream utility"). That U-Net is tested on the real
-test patients. Reference rows (repeated alike): the U-Net on real data, the non-private GAN (σ = ∞, from scratch and/or
+whose U-Net has the best validation DSC is that fit's model ("selected per model over epochs by downstream utility").
+That U-Net is tested on the real test patients. Reference rows (repeated alike): the U-Net on real data, the non-private GAN (σ = ∞, from scratch and/or
 fine-tuned) and the public pre-trained GAN. Each row is reported as mean ± 95 % t-interval over its repeats
 (workflows.dp_sweep_report).
 
@@ -220,7 +220,7 @@ def repeat_ctx(base: dict[str, Any], seed: int, repeat: int, unet_args: list[str
 
 def tagged(ctx: dict[str, Any], name: str) -> str:
     """`name` of this repeat's runs and state-file keys."""
-    return slug(name + ctx.get("suffix", ""))
+    return slug(name + ctx["suffix"])
 
 
 def real_row(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -266,9 +266,9 @@ def sweep_row(ctx: dict[str, Any], row: dict[str, Any], experiment: str, pretrai
     started = time.time()
     gan_key = f"gan/{tagged(ctx, row['name'])}"
     gan = ctx["ledger"].get(gan_key) or ctx["ledger"].record(gan_key, fit_gan(
-        row["name"] + ctx.get("suffix", ""), experiment, ctx["out"], [*args, *privacy_args(row, pretrained)], ctx["group"], "last"))
+        row["name"] + ctx["suffix"], experiment, ctx["out"], [*args, *privacy_args(row, pretrained)], ctx["group"], "last"))
     best = select_snapshot(ctx, row["name"], gan)
     summary = test_unet(ctx, best["run"], best["unet_checkpoint"], [*ctx["unet_args"], *unet_data_args("synthetic", best["store"])])
     extra = {"gan_epoch": Path(best["gan_checkpoint"]).stem, "val_dsc": best["val_dsc"], "minutes": (time.time() - started) / 60,
-             "repeat": ctx.get("repeat", 0), "seed": ctx["seed"]}  # fmt: skip
+             "repeat": ctx["repeat"], "seed": ctx["seed"]}  # fmt: skip
     return ctx["ledger"].record(key, result(row["name"], row, summary, best["privacy"], extra))

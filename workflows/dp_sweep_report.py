@@ -86,8 +86,8 @@ def write_outputs(out: Path, runs: dict[str, list[dict[str, Any]]]) -> Path:
               "ratio to real": _pm(r["utility_ratio"], r["utility_ratio_ci95"])} for r in rows]  # fmt: skip
     lines = ["# DP-WGAN ε sweep", "", "ε: RDP (the guarantee) of the selected snapshot; PRV alongside. DSC: U-Net trained on "
              "the synthetic pairs only, tested on the real test patients (intracranial vessels; all vessels in the CSV); "
-             "mean over n repeats (different seeds) ± the half-width of the 95 % Student-t interval over the repeats (n − 1 degrees of freedom); with n = 1 no "
-             "interval. Ratio: row mean / real mean (its interval: the row's, the real mean held fixed). Selection on "
+             "mean over n repeats (different seeds) ± the half-width of the 95 % Student-t interval over the repeats "
+             "(n − 1 degrees of freedom); with n = 1 no interval. Ratio: row mean / real mean (its interval: the row's, the real mean held fixed). Selection on "
              "validation patients (outside the guarantee unless public). Every repeat: dp_sweep_runs.csv.", "",
              markdown_table(table, list(table[0]))]  # fmt: skip
     (out / "README.md").write_text("\n".join(lines) + "\n\n![DSC vs ε](dp_sweep.png)\n")
