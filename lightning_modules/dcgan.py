@@ -89,11 +89,12 @@ class DCGAN(GANModule):
         n_sample_grid: int = 16,
         sample_seed: int = 0,
         noise_seed: int | None = None,
+        generator_ema: float | None = None,
     ) -> None:
         adam = functools.partial(torch.optim.Adam, lr=3e-4, betas=(0.5, 0.999))
         super().__init__(
             generator, critic, generator_optimizer or adam, critic_optimizer or adam, latent_dim, label_encoding,
-            label_threshold, n_sample_grid, sample_seed, noise_seed,
+            label_threshold, n_sample_grid, sample_seed, noise_seed, generator_ema=generator_ema,
         )  # fmt: skip
         if feature_matching not in ("none", "per_sample", "batch_mean"):
             raise ValueError(

@@ -155,10 +155,11 @@ class DPWGAN(PrivacyRecord, WGANGP):
         n_sample_grid: int = 16,
         sample_seed: int = 0,
         noise_seed: int | None = None,
+        generator_ema: float | None = None,
     ) -> None:
         super().__init__(
             generator, critic, generator_optimizer, critic_optimizer, latent_dim, n_critic, 0.0, weight_clip,
-            label_encoding, label_threshold, n_sample_grid, sample_seed, noise_seed,
+            label_encoding, label_threshold, n_sample_grid, sample_seed, noise_seed, generator_ema=generator_ema,
         )  # fmt: skip
         check_dp_critic(self.critic)
         if noise_multiplier is None and target_epsilon is None:

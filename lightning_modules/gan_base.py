@@ -12,7 +12,11 @@ What every GAN of the suite shares lives here, so the subclasses only write thei
   `{"class_path", "init_args"}` (what LightningCLI stores too), never pickled, and the concrete class is
   written to `checkpoint["gan_class"]` so `workflows.synthesize` knows which class to load; class paths read
   back are resolved only inside the suite's packages (`lightning_modules.checkpoints`);
-- a check before the first step that the data's patch size is what the generator makes and the critic takes.
+- a check before the first step that the data's patch size is what the generator makes and the critic takes;
+- optionally an exponential moving average of the generator's weights (`generator_ema`), which every sample
+  (grids, evaluation, synthesis) is then drawn from: GAN weights oscillate from step to step, and the average
+  smooths what one snapshot happens to draw (Yazıcı et al. 2019, "The unusual effectiveness of averaging in GAN
+  training"; StyleGAN and BigGAN sample from one too).
 
 Subclasses implement `training_step` and count their optimiser steps in `self.step_counts` ("critic",
 "generator"), which seeds the noise and is saved with the checkpoint.
@@ -33,6 +37,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from lightning_modules.checkpoints import import_class
@@ -110,6 +115,13 @@ def _eval_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         net.train(was_training)
 
 
+def averaged_generator(generator: nn.Module, decay: float) -> AveragedModel:
+    """EMA copy of the generator (torch's `AveragedModel`; buffers averaged too, so BatchNorm statistics follow).
+    Frozen: no optimiser and no DDP gradient reduction ever sees it."""
+    average = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return average.requires_grad_(False)
+
+
 def _size_settings(net: nn.Module, name: str) -> str:
     """The size settings of a network, as the config names them (e.g. `generator.init_args.out_size=32`)."""
     init_args = getattr(net, "init_args", None) or {}
@@ -140,6 +152,8 @@ class GANModule(LightningModule):
         n_sample_grid: fixed-noise samples shown by `callbacks.sample_grid.SampleGridCallback`.
         sample_seed: seed of that fixed noise.
         noise_seed: base seed of the training noise; None → the `seed_everything` seed (PL_GLOBAL_SEED) or 0.
+        generator_ema: decay of an exponential moving average of the generator's weights, updated after every
+            generator step and used for all sampling; None → sample from the trained weights (the papers).
     """
 
     def __init__(
@@ -154,6 +168,7 @@ class GANModule(LightningModule):
         n_sample_grid: int = 16,
         sample_seed: int = 0,
         noise_seed: int | None = None,
+        generator_ema: float | None = None,
     ) -> None:
         super().__init__()
         from_cli = _built_by_cli()
@@ -171,6 +186,9 @@ class GANModule(LightningModule):
             raise ValueError(
                 f"lightning_modules/gan_base.py: latent_dim {latent_dim} != generator latent_dim {g_latent}"
             )
+        if generator_ema is not None and not 0.0 < generator_ema < 1.0:
+            raise ValueError(f"lightning_modules/gan_base.py: generator_ema must lie in (0, 1) or be None, got {generator_ema}")
+        self.generator_average = None if generator_ema is None else averaged_generator(self.generator, generator_ema)
         self._optimizer_factories = (build_optimizer(critic_optimizer), build_optimizer(generator_optimizer))
         if not from_cli:
             record_specs(self.hparams, {"generator": generator, "critic": critic},
@@ -197,6 +215,19 @@ class GANModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.step_counts = dict(checkpoint.get("gan_step_counts", {"critic": 0, "generator": 0}))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """One EMA update per generator step (a batch may hold none: n_critic > 1); the average's own counter
+        resumes with the checkpoint, so a resumed run averages exactly as the uninterrupted one."""
+        average = self.generator_average
+        if average is not None and self.step_counts["generator"] > int(average.n_averaged):
+            average.update_parameters(self.generator)
+
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """The network samples come from: the weight average once it holds a step, else the trained generator."""
+        average = self.generator_average
+        return self.generator if average is None or int(average.n_averaged) == 0 else average.module
 
     # ----------------------------------------------------------------- data/model agreement
     def on_fit_start(self) -> None:
@@ -287,7 +318,7 @@ class GANModule(LightningModule):
         was_training = self.training
         self.eval()
         try:
-            return self.generator(self.grid_noise).float()
+            return self.sampling_generator(self.grid_noise).float()
         finally:
             self.train(was_training)
 
@@ -301,7 +332,8 @@ class GANModule(LightningModule):
         from the noise, drawn at once (512 B per pair at latent 128) from a CPU generator seeded with `seed`
         (None: fresh entropy), so the noise depends on the seed only, not on `batch_size` or the device (the pairs
         then agree up to the convs' rounding, which may depend on the batch: ≈1e-8 for 3D on a CPU). Eval mode
-        (BN running statistics), no grad; the module's train/eval state is restored when the iteration ends.
+        (BN running statistics), no grad, from `sampling_generator`; the module's train/eval state is restored
+        when the iteration ends.
         """
         if n < 1 or batch_size < 1:
             raise ValueError(f"lightning_modules/gan_base.py: n and batch_size must be ≥ 1, got {n}, {batch_size}")
@@ -311,11 +343,11 @@ class GANModule(LightningModule):
         else:
             rng.manual_seed(seed)
         z = torch.randn(n, self.latent_dim, generator=rng)
-        was_training = self.training
+        was_training, generator = self.training, self.sampling_generator
         self.eval()
         try:
             for start in tqdm(range(0, n, batch_size), desc="generating", disable=not progress, unit="batch"):
-                out = self.generator(z[start : start + batch_size].to(self.device)).float().cpu()
+                out = generator(z[start : start + batch_size].to(self.device)).float().cpu()
                 yield out[:, :1].contiguous(), self.decode_label(out[:, 1:2])
         finally:
             self.train(was_training)

@@ -118,10 +118,11 @@ class WGANGP(GANModule):
         sample_seed: int = 0,
         noise_seed: int | None = None,
         critic_precision: Literal["auto", "fp32"] = "fp32",
+        generator_ema: float | None = None,
     ) -> None:
         super().__init__(
             generator, critic, generator_optimizer, critic_optimizer, latent_dim, label_encoding,
-            label_threshold, n_sample_grid, sample_seed, noise_seed,
+            label_threshold, n_sample_grid, sample_seed, noise_seed, generator_ema,
         )  # fmt: skip
         if n_critic < 1 or gp_weight < 0 or (weight_clip is not None and weight_clip <= 0):
             raise ValueError(

@@ -52,7 +52,8 @@ def _finish(proc: subprocess.Popen, expect: int = 0) -> str:
     return err
 
 
-@pytest.mark.parametrize(("experiment", "settings"), [("cpu_wgan_gp.yaml", []),
+# the GAN with the generator's weight average: its state (weights, BN statistics, counter) must resume too
+@pytest.mark.parametrize(("experiment", "settings"), [("cpu_wgan_gp.yaml", ["--model.init_args.generator_ema", "0.9"]),
                                                       ("cpu_unet.yaml", ["--data.init_args.augment", "true"])])
 def test_killed_fit_resumes_to_the_uninterrupted_state(experiment: str, settings: list[str], cohort: Path,
                                                         tmp_path: Path) -> None:  # fmt: skip

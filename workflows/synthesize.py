@@ -158,6 +158,7 @@ def synthesize(
         "label_threshold": model.label_threshold,
         "latent_dim": model.latent_dim,
         "generator": hparams.get("generator"),
+        "generator_ema": hparams.get("generator_ema"),  # decay of the weight average sampled from; None: raw weights
         "privacy": privacy,
         "synthesized_at": datetime.now(timezone.utc).isoformat(),
     }
