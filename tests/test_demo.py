@@ -34,6 +34,9 @@ def test_tiny_demo_writes_the_report(tmp_path):
     assert (report / "samples.png").is_file()
 
 
+GAN3D = "3D WGAN-GP, generator EMA 0.998"  # cpu_demo3d_gan.yaml: GP critic, sampled from the weight average
+
+
 @pytest.mark.slow
 def test_tiny_3d_demo_writes_the_report(tmp_path):
     """`tofgan demo --dims 3` at tiny size: 3D GAN, streamed synthesis, 3D U-Nets, 3D sliding-window tests, report."""
@@ -50,13 +53,14 @@ def test_tiny_3d_demo_writes_the_report(tmp_path):
     with open(report / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["training data"], r["vessels"]) for r in rows] == [
-        ("synthetic (3D WGAN-GP-SN)", "all"), ("synthetic (3D WGAN-GP-SN)", "intracranial"), ("real", "all"),
+        (f"synthetic ({GAN3D})", "all"), (f"synthetic ({GAN3D})", "intracranial"), ("real", "all"),
         ("real", "intracranial")]  # fmt: skip
     assert all(r["patients"] == "2" and " ± " in r["DSC"] and r["BAVD_VOX"] for r in rows)
     assert all(r["U-Net epoch"] == "0" for r in rows)  # each U-Net at its best-validation epoch (one here)
     store = tmp_path / "demo3d" / "synthetic"
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["n_samples"] == 12 and manifest["patch_size"] == [32, 32, 8]
+    assert manifest["generator_ema"] == 0.998 and manifest["generator"]["init_args"]["upsample"] == "subpixel"
     readme = (report / "README.md").read_text()
     assert "Synthetic / real intracranial DSC" in readme and "| synthetic | 12 |" in readme
     assert "| real (GAN training patches) | 36 |" in readme  # 3 patients × (2×2×2 grid + 4 vessel-centred)

@@ -1,11 +1,12 @@
 """`tofgan demo --dims 3`: the 3D paper's path (Subramaniam et al. 2022) at CPU size.
 
-simulate cohort → 3D WGAN-GP-SN fit (32×32×16 patches, cpu_demo3d_gan.yaml) → synthesise 3D pairs (streamed) →
-3D U-Net fit on synthetic and on real patches (cpu_demo3d_unet.yaml, epoch of best validation DSC) → 3D
-sliding-window test of both on the real test patients (all vessels and intracranial, DSC / 95HD / bAVD in mm and voxels) → report folder with the
-table, the synthetic-to-real DSC ratio, label realism of the synthetic patches (components, largest share, specks:
-what FID does not see) and a sample figure (mid axial slice and axial maximum-intensity projection of image and
-label, real beside synthetic). Skull-stripped, as the 2D demo; the 3D paper's own protocol is unstripped.
+simulate cohort → 3D WGAN-GP fit (32×32×16 patches, cpu_demo3d_gan.yaml; sampled from its weight average) →
+synthesise 3D pairs (streamed) → 3D U-Net fit on synthetic and on real patches (cpu_demo3d_unet.yaml, epoch of best
+validation DSC) → 3D sliding-window test of both on the real test patients (all vessels and intracranial, DSC /
+95HD / bAVD in mm and voxels) → report folder with the table, the synthetic-to-real DSC ratio, label realism of the
+synthetic patches (components, largest share, specks: what FID does not see) and a sample figure (mid axial slice
+and axial maximum-intensity projection of image and label, real beside synthetic). Skull-stripped, as the 2D
+demo; the 3D paper's own protocol is unstripped.
 """
 
 from __future__ import annotations
@@ -39,17 +40,26 @@ def run_demo3d(out: Path, n_synthetic: int, seed: int, gan_args: list[str], unet
     seed_arg = ["--seed_everything", str(seed)]
     last_ckpt, gan_cli = _fit(GAN, "gan", out, [*seed_arg, *gan_args], keep_cli=True)
     gan_ckpt, selection = select_gan(gan_cli, last_ckpt)
+    gan = gan_name(gan_cli.model)
     real = real_patches(gan_cli.datamodule, 200, seed)
     spacing = gan_cli.datamodule.patch_spacing()
     store = synthesize(str(gan_ckpt), str(out / "synthetic"), n_samples=n_synthetic, seed=seed, overwrite=True,
                        wandb_group="demo")
-    rows = _unet_rows(UNET, "3D WGAN-GP-SN", METRICS, store, out, [*seed_arg, *unet_args], select="best")
+    rows = _unet_rows(UNET, gan, METRICS, store, out, [*seed_arg, *unet_args], select="best")
     synthetic = store_patches(Path(store), 200, seed)
     realism = realism_rows(real, synthetic, spacing)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     sample_figure(real, synthetic, report / "samples3d.png")
-    return write_report3d(out, report, rows, realism, (time.time() - started) / 60, n_synthetic, selection)
+    return write_report3d(out, report, rows, realism, (time.time() - started) / 60, n_synthetic, selection, gan)
+
+
+def gan_name(model: Any) -> str:
+    """The GAN the run trained, as the report names it: the critic's norm and the generator average may come from
+    `--gan_args`, not from the shipped config."""
+    norm = (getattr(model.critic, "init_args", None) or {}).get("norm")
+    ema = model.hparams.get("generator_ema")
+    return ("3D WGAN-GP-SN" if norm == "spectral" else "3D WGAN-GP") + (f", generator EMA {ema}" if ema else "")
 
 
 def select_gan(cli: Any, last_ckpt: Path) -> tuple[Path, dict[str, Any]]:
@@ -144,13 +154,13 @@ def dsc_ratio(rows: list[dict[str, Any]], vessels: str = "intracranial") -> floa
 
 
 def write_report3d(out: Path, report: Path, rows: list[dict[str, Any]], realism: list[dict[str, Any]], minutes: float,
-                   n_synthetic: int, selection: dict[str, Any] | None = None) -> Path:
+                   n_synthetic: int, selection: dict[str, Any] | None = None, gan: str = "3D WGAN-GP-SN") -> Path:
     columns = ["training data", "vessels", "DSC", "HD95", "BAVD", "BAVD_VOX", "patients", "U-Net epoch"]
     write_csv(rows, columns, report / "results.csv")
     table = markdown_table(rows, columns)
     ratio = dsc_ratio(rows)
     lines = ["# tofgan demo --dims 3", "", f"Wall time of the pipeline: {minutes:.1f} min.", "",
-             f"3D WGAN-GP-SN ({GAN}) → {n_synthetic} synthetic 3D pairs → 3D U-Net ({UNET}, skull-stripped) trained on "
+             f"{gan} ({GAN}) → {n_synthetic} synthetic 3D pairs → 3D U-Net ({UNET}, skull-stripped) trained on "
              "them and on the real patches (each U-Net at its epoch of best validation DSC), tested on whole volumes of "
              "the real (simulated) test patients by 3D sliding window; mean ± SD over patients. HD95 and BAVD in mm, BAVD_VOX in voxels (the 3D paper's unit). "
              "`intracranial`: label and prediction masked with the brain mask.", "", table, "",
@@ -165,7 +175,7 @@ def write_report3d(out: Path, report: Path, rows: list[dict[str, Any]], realism:
     csvs = sorted(out.glob("runs/gan/version_*/metrics.csv"))
     if csvs:
         plot_curves(csvs[-1], ["train/critic_loss", "train/generator_loss", "train/wasserstein",
-                               "train/gradient_penalty"], report / "gan_losses.png", "3D WGAN-GP-SN")  # fmt: skip
+                               "train/gradient_penalty"], report / "gan_losses.png", gan)  # fmt: skip
         lines += ["## GAN training", "", "![losses](gan_losses.png)", ""]
     (report / "README.md").write_text("\n".join(lines))
     print("\n" + table + f"\n\nsynthetic/real intracranial DSC {ratio}\nReport: {report}/README.md ({minutes:.1f} min)")
