@@ -187,7 +187,9 @@ class GANModule(LightningModule):
                 f"lightning_modules/gan_base.py: latent_dim {latent_dim} != generator latent_dim {g_latent}"
             )
         if generator_ema is not None and not 0.0 < generator_ema < 1.0:
-            raise ValueError(f"lightning_modules/gan_base.py: generator_ema must lie in (0, 1) or be None, got {generator_ema}")
+            raise ValueError(
+                f"lightning_modules/gan_base.py: generator_ema must lie in (0, 1) or be None, got {generator_ema}"
+            )
         self.generator_average = None if generator_ema is None else averaged_generator(self.generator, generator_ema)
         self._optimizer_factories = (build_optimizer(critic_optimizer), build_optimizer(generator_optimizer))
         if not from_cli:
