@@ -51,7 +51,7 @@ def run_demo3d(out: Path, n_synthetic: int, seed: int, gan_args: list[str], unet
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     sample_figure(real, synthetic, report / "samples3d.png")
-    return write_report3d(out, report, rows, realism, (time.time() - started) / 60, n_synthetic, selection, gan)
+    return write_report3d(out, report, rows, realism, (time.time() - started) / 60, n_synthetic, gan, selection)
 
 
 def gan_name(model: Any) -> str:
@@ -154,7 +154,7 @@ def dsc_ratio(rows: list[dict[str, Any]], vessels: str = "intracranial") -> floa
 
 
 def write_report3d(out: Path, report: Path, rows: list[dict[str, Any]], realism: list[dict[str, Any]], minutes: float,
-                   n_synthetic: int, selection: dict[str, Any] | None = None, gan: str = "3D WGAN-GP-SN") -> Path:
+                   n_synthetic: int, gan: str, selection: dict[str, Any] | None = None) -> Path:
     columns = ["training data", "vessels", "DSC", "HD95", "BAVD", "BAVD_VOX", "patients", "U-Net epoch"]
     write_csv(rows, columns, report / "results.csv")
     table = markdown_table(rows, columns)
@@ -162,7 +162,8 @@ def write_report3d(out: Path, report: Path, rows: list[dict[str, Any]], realism:
     lines = ["# tofgan demo --dims 3", "", f"Wall time of the pipeline: {minutes:.1f} min.", "",
              f"{gan} ({GAN}) → {n_synthetic} synthetic 3D pairs → 3D U-Net ({UNET}, skull-stripped) trained on "
              "them and on the real patches (each U-Net at its epoch of best validation DSC), tested on whole volumes of "
-             "the real (simulated) test patients by 3D sliding window; mean ± SD over patients. HD95 and BAVD in mm, BAVD_VOX in voxels (the 3D paper's unit). "
+             "the real (simulated) test patients by 3D sliding window; mean ± SD over patients. HD95 and BAVD in mm, "
+             "BAVD_VOX in voxels (the 3D paper's unit). "
              "`intracranial`: label and prediction masked with the brain mask.", "", table, "",
              f"Synthetic / real intracranial DSC: **{ratio:.2f}** (target ≥ 0.75; the paper 0.841 / 0.901 = 0.93)."
              if ratio is not None else "Synthetic / real intracranial DSC: n/a.", "",
