@@ -4,7 +4,8 @@ patch/window itself, which is what lets raw real patches and [-1, 1] synthetic p
 
 Training data modes (SPEC §4, Kossen et al. 2021 Table 2): real only (`use_real`, no stores), synthetic only
 (`use_real: false` + `synthetic_stores`), real + synthetic ("augmentation" rows), or several synthetic stores
-pooled; validation is always on the real validation patients. `augment` switches on the paper's classical
+pooled; validation is always on the real validation patients (their patches, or with `val_on: volumes` their
+whole volumes). `augment` switches on the paper's classical
 augmentation (`datamodules.augmentation`) for the training patches only, real and synthetic alike (2D only).
 
 2D and 3D alike: a 3-entry `patch_size` gives 3D patches (`data/pegasus_seg3d.yaml`: 250 vessel-centred per
@@ -50,12 +51,15 @@ class SegmentationDataModule(CohortDataModule):
         test_split: Literal["val", "test"] = "test",
         target_spacing: list[float] | None = None,
         skull_strip: bool = False,
+        val_on: Literal["patches", "volumes"] = "patches",
     ) -> None:
         """`test_split: val` runs `tofgan test` on the validation patients' whole volumes: the per-patient
         validation DSC / 95HD of the paper's Table 2 (the fit-time `val/dsc` is pooled over patches).
         `target_spacing` (mm) resamples every volume before patches are cut and before inference; predictions
         come back on the native grid. `skull_strip` zeroes the image and label outside the brain mask (the 2D
-        paper's protocol). Both: `datamodules.preprocess`."""
+        paper's protocol). Both: `datamodules.preprocess`. `val_on: volumes` validates (and so selects epochs) on
+        the validation patients' whole volumes by sliding window, scored as the test scores them, instead of on
+        their patches: slower, but patches miss the false vessels a net marks away from them."""
         super().__init__(cohort_dir, simulate, n_train, n_val, n_test, split_seed, cache_dir, batch_size,
                          num_workers, seed, target_spacing, skull_strip)
         if not use_real and not synthetic_stores:
@@ -70,6 +74,7 @@ class SegmentationDataModule(CohortDataModule):
         self.synthetic_stores = [str(s) for s in synthetic_stores]
         self.predict_split = predict_split
         self.test_split = test_split
+        self.val_on = val_on
         self.augment = augment
         self.train_set: Dataset | None = None
         self.val_set: PatchDataset | None = None
@@ -109,6 +114,8 @@ class SegmentationDataModule(CohortDataModule):
         return ResumableLoader.like(self._loader(self.train_set, sampler=sampler, shuffle=False, drop_last=True))
 
     def val_dataloader(self) -> DataLoader:
+        if self.val_on == "volumes":
+            return self._loader(VolumeDataset(self.records_of("val")), batch_size=1)
         assert self.val_set is not None, "call setup('fit') first"
         return self._loader(self.val_set)
 

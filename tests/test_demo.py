@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +58,8 @@ def test_tiny_3d_demo_writes_the_report(tmp_path):
         ("real", "intracranial")]  # fmt: skip
     assert all(r["patients"] == "2" and " ± " in r["DSC"] and r["BAVD_VOX"] for r in rows)
     assert all(r["U-Net epoch"] == "0" for r in rows)  # each U-Net at its best-validation epoch (one here)
-    store = tmp_path / "demo3d" / "synthetic"
+    store = tmp_path / "demo3d" / "synthetic" / "last"  # one epoch: no scored snapshot, the last checkpoint alone
+    assert [p.name for p in store.parent.iterdir() if (p / "manifest.json").is_file()] == ["last"]  # the only store
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["n_samples"] == 12 and manifest["patch_size"] == [32, 32, 8]
     assert manifest["generator_ema"] == 0.998 and manifest["generator"]["init_args"]["upsample"] == "subpixel"
@@ -68,9 +70,9 @@ def test_tiny_3d_demo_writes_the_report(tmp_path):
     assert figure.ndim == 3 and figure.shape[1] > figure.shape[0] and (report / "gan_losses.png").is_file()
 
 
-def test_3d_demo_synthesises_from_the_snapshot_with_the_closest_vessel_fraction(tmp_path):
-    """`workflows.demo3d.select_gan`: the second half's snapshot of lowest val/label_w1_vessel_fraction, named in the
-    report; the last checkpoint when the run scored no snapshot."""
+def test_3d_demo_synthesises_from_the_scored_snapshots_of_the_second_half(tmp_path):
+    """`workflows.demo3d.select_gan`: every snapshot of the run's second half with a label vessel-fraction score, named
+    in the report with its score; the last checkpoint alone when the run scored no snapshot."""
     from types import SimpleNamespace
 
     from workflows.demo3d import GAN_SELECT, select_gan, selection_lines
@@ -84,9 +86,38 @@ def test_3d_demo_synthesises_from_the_snapshot_with_the_closest_vessel_fraction(
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
     cli = SimpleNamespace(trainer=SimpleNamespace(loggers=[SimpleNamespace(log_dir=str(run))], max_epochs=20))
     chosen, selection = select_gan(cli, last)
-    assert chosen == run / "checkpoints" / "epoch=14.ckpt"  # epoch 4 is lower but in the first half
+    assert chosen == [run / "checkpoints" / "epoch=14.ckpt", run / "checkpoints" / "epoch=19.ckpt"]  # not 4 or 9
     assert selection["rule"] == GAN_SELECT and [c["epoch"] for c in selection["candidates"]] == [14, 19]
-    assert any("epoch 14" in line for line in selection_lines(selection))
+    lines = "\n".join(selection_lines(selection))
+    assert "epochs 14, 19" in lines and "| 14 | 0.0050 |" in lines and "| 19 | 0.0300 |" in lines
     (run / "metrics.csv").write_text("epoch,step,train/loss\n0,1,1.0\n")
     chosen, selection = select_gan(cli, last)
-    assert chosen == last and selection["rule"] == "last" and "never logged" in selection["why"]
+    assert chosen == [last] and selection["rule"] == "last" and "never logged" in selection["why"]
+
+
+def test_3d_demo_pools_equal_shares_of_each_snapshot(tmp_path, monkeypatch):
+    """`synthesize_snapshots`: 7 pairs from 3 snapshots → 3 / 2 / 2, a store and a seed of its own each, an earlier
+    run's stores cleared; `store_patches` draws equal shares from the pooled stores."""
+    import numpy as np
+
+    import workflows.synthesize
+    from datamodules.patch_store import write_patch_store
+    from workflows.demo3d import store_patches, synthesize_snapshots
+
+    calls = []
+    def fake_synthesize(ckpt, out, n_samples, seed, overwrite, wandb_group):
+        calls.append((Path(ckpt).name, Path(out).name, n_samples, seed))
+        value = float(len(calls))  # each store's patches carry its number
+        images = np.full((n_samples, 1, 4, 4, 2), value, np.float32)
+        write_patch_store(out, images, (images > 1.5).astype(np.uint8), {"source": ckpt})
+        return out
+    monkeypatch.setattr(workflows.synthesize, "synthesize", fake_synthesize)
+    root = tmp_path / "synthetic"
+    (root / "epoch=4").mkdir(parents=True)  # an earlier run's store
+    ckpts = [tmp_path / f"epoch={e}.ckpt" for e in (14, 19, 24)]
+    stores = synthesize_snapshots(ckpts, root, 7, seed=3)
+    assert calls == [("epoch=14.ckpt", "epoch=14", 3, 3), ("epoch=19.ckpt", "epoch=19", 2, 4),
+                     ("epoch=24.ckpt", "epoch=24", 2, 5)]
+    assert sorted(p.name for p in root.iterdir()) == ["epoch=14", "epoch=19", "epoch=24"]
+    images, labels = store_patches(stores, 6, seed=0)
+    assert sorted(images[:, 0, 0, 0, 0].tolist()) == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0] and labels.shape == images.shape

@@ -108,3 +108,20 @@ def test_unet3d_trains_on_real_and_synthetic_and_tests_whole_volumes(cohort: Pat
     pred = nib.load(next((report / "predictions").glob("*_pred.nii.gz")))
     assert pred.shape == (40, 40, 12) and np.allclose(pred.affine, tiny_affine())
     assert len(list((report / "error_maps").glob("*.png"))) == 2
+
+
+def test_validation_on_whole_volumes_scores_as_the_test_does(cohort: Path, tmp_path: Path) -> None:
+    """`val_on: volumes`: `val/dsc` of a fit is the mean over the validation patients of the whole-volume DSC that
+    `tofgan test` on the validation split (`test_split: val`) reports for the same weights; the epoch it selects is
+    checkpointed by it."""
+    vol = ("--data.init_args.val_on", "volumes", "--data.init_args.n_val", "2", "--data.init_args.n_test", "1")
+    fit = _run(cohort, tmp_path / "fit", "fit", "--trainer.max_epochs", "1", *vol)
+    val_dsc = float(fit.trainer.callback_metrics["val/dsc"])
+    assert 0.0 < val_dsc < 1.0, val_dsc  # a net that marks some vessel and misses some
+    ckpt = Path(fit.trainer.log_dir) / "checkpoints" / "best_val_dsc.ckpt"
+    report = tmp_path / "report"
+    _run(cohort, tmp_path / "test", "test", "--ckpt_path", str(ckpt), "--model.init_args.report_dir", str(report),
+         *vol, "--data.init_args.test_split", "val")
+    rows = list(csv.DictReader((report / "test_per_patient.csv").open()))
+    assert len(rows) == 2
+    assert val_dsc == pytest.approx(np.mean([float(r["dsc"]) for r in rows]), abs=1e-5)

@@ -15,7 +15,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.utils.data import DataLoader
 
 from callbacks.prediction_writer import NiftiPredictionWriter
-from lightning_modules.segmentation import SegmentationModule, zscore
+from lightning_modules.segmentation import SegmentationModule, zscore, zscore_foreground
 from metrics.segmentation import segmentation_metrics
 from networks.unet2d import HalfUNet2D
 
@@ -130,6 +130,36 @@ def test_sliding_window_3d_net():
     torch.testing.assert_close(m.predict_volume(vol), direct, rtol=1e-5, atol=1e-6)
     bigger = m.predict_volume(torch.randn(2, 1, 24, 20, 12))  # several overlapping windows, padded edges
     assert bigger.shape == (2, 1, 24, 20, 12) and ((bigger >= 0) & (bigger <= 1)).all()
+
+
+@pytest.mark.parametrize("background", [0.0, -1.0])  # skull-stripped raw data / a GAN's [-1, 1] output
+@pytest.mark.parametrize("dims", [2, 3])
+def test_zscore_foreground_takes_statistics_from_the_tissue_only(background, dims):
+    """At a stripped brain's edge half the window is background: the tissue must come out as it would alone (mean 0,
+    SD 1, recomputed in float64 with numpy), not lifted towards vessel-like values as the plain z-score lifts it."""
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 1, 16, 16) if dims == 2 else (2, 1, 16, 16, 8)
+    x = 0.3 + 0.05 * torch.randn(shape, generator=g).abs()
+    x[:, :, :7] = background
+    z = zscore_foreground(x)
+    for b in range(2):
+        tissue = x[b, :, 7:].double().numpy()
+        ref = (x[b].double().numpy() - tissue.mean()) / tissue.std()
+        np.testing.assert_allclose(z[b].double().numpy(), ref, rtol=1e-4, atol=1e-4)
+    assert z[:, :, 7:].mean().abs() < 1e-4 and zscore(x)[:, :, 7:].mean() > 0.8  # the plain z-score lifts tissue
+    assert torch.equal(zscore_foreground(torch.full(shape, 3.0)), torch.zeros(shape))  # constant: no inf or NaN
+
+
+def test_zscore_foreground_is_the_modules_input_norm_in_sliding_windows():
+    torch.manual_seed(0)
+    m = SegmentationModule(HalfUNet2D(features=(2, 4), spatial_dims=3), roi_size=(16, 16, 8),
+                           input_norm="zscore_foreground").eval()
+    vol = torch.rand(1, 1, 16, 16, 8) * 3 + 7
+    vol[..., :5, :, :] = 0
+    with torch.no_grad():
+        direct = torch.sigmoid(m.net(zscore_foreground(vol)))
+    torch.testing.assert_close(m.predict_volume(vol), direct, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(direct, torch.sigmoid(m.net(zscore(vol))), atol=1e-3)
 
 
 def test_test_step_metrics_reports_and_writer(tmp_path):

@@ -10,6 +10,7 @@ the same path on your own cohort.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,11 +51,11 @@ def _fit_unet(unet: str, run: str, out: Path, extra: list[str], select: Select |
     return fit.checkpoint, fit.epoch
 
 
-def _unet_rows(unet: str, gan: str, metrics: Sequence[str], store: str, out: Path,
+def _unet_rows(unet: str, gan: str, metrics: Sequence[str], stores: Sequence[str], out: Path,
                extra: list[str], select: Select | None = None) -> list[dict[str, Any]]:
-    """U-Net `unet` fitted on the synthetic `store` and on the real patches, each tested on the real test patients;
-    one row per (training data, vessels); with `select` the rows name the chosen epoch."""
-    synth_args = ["--data.init_args.use_real", "false", "--data.init_args.synthetic_stores", f"[{store}]"]
+    """U-Net `unet` fitted on the synthetic `stores` (pooled) and on the real patches, each tested on the real test
+    patients; one row per (training data, vessels); with `select` the rows name the chosen epoch."""
+    synth_args = ["--data.init_args.use_real", "false", "--data.init_args.synthetic_stores", json.dumps(list(stores))]
     unet_synth = _fit_unet(unet, "unet-synthetic", out, extra + synth_args, select)
     unet_real = _fit_unet(unet, "unet-real", out, extra, select)
     rows = []
@@ -96,7 +97,7 @@ def run_demo(out_dir: str | None = None, n_synthetic: int | None = None, seed: i
     gan_ckpt = _fit(GAN, "gan", out, [*seed_arg, *(gan_args or [])])
     store = synthesize(str(gan_ckpt), str(out / "synthetic"), n_samples=n_synthetic, seed=seed, overwrite=True,
                        wandb_group="demo")
-    rows = _unet_rows(UNET, "WGAN-GP-SN", METRICS, store, out, [*seed_arg, *(unet_args or [])])
+    rows = _unet_rows(UNET, "WGAN-GP-SN", METRICS, [str(store)], out, [*seed_arg, *(unet_args or [])])
     minutes = (time.time() - started) / 60
     return _write_report(out, rows, minutes)
 
