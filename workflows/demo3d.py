@@ -30,7 +30,8 @@ METRICS = ("dsc", "hd95", "bavd", "bavd_vox")
 # epochs: 6 of 60), equal shares — a snapshot ensemble. Synthesising from one snapshot, the one whose labels' vessel
 # fractions were closest (Wasserstein-1) to the real validation patches', the synthetic-trained U-Net still swung with
 # the seed (intracranial ratio 0.58 / 0.74 at seeds 4 / 5); pooling the six took it to 0.83 / 1.00 on the same GAN
-# runs (README). The W1 of each snapshot is still reported; no test patient is looked at.
+# runs, U-Net epochs chosen on patches as then (README). The W1 of each snapshot is still reported; no test patient
+# is looked at.
 GAN_SELECT = "min:val/label_w1_vessel_fraction"
 REALISM = ("vessel_fraction", "n_components", "largest_share", "speck_share", "radius_median_mm", "empty_fraction")
 
