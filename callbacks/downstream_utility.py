@@ -33,7 +33,7 @@ from monai.losses import DiceLoss
 from torch import nn
 from tqdm.auto import tqdm
 
-from lightning_modules.segmentation import zscore
+from lightning_modules.input_norm import zscore
 from networks.unet2d import HalfUNet2D
 
 

@@ -15,7 +15,8 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.utils.data import DataLoader
 
 from callbacks.prediction_writer import NiftiPredictionWriter
-from lightning_modules.segmentation import SegmentationModule, zscore, zscore_foreground
+from lightning_modules.input_norm import zscore, zscore_foreground
+from lightning_modules.segmentation import SegmentationModule
 from metrics.segmentation import segmentation_metrics
 from networks.unet2d import HalfUNet2D
 

@@ -8,7 +8,8 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from lightning_modules.segmentation import SegmentationModule, zscore
+from lightning_modules.input_norm import zscore
+from lightning_modules.segmentation import SegmentationModule
 from networks.unet import HILBERT_FEATURES, UNet, count_parameters
 from networks.unet2d import HalfUNet2D
 

@@ -187,8 +187,7 @@ def write_report3d(out: Path, report: Path, rows: list[dict[str, Any]], realism:
              f"{gan} ({GAN}) → {n_synthetic} synthetic 3D pairs → 3D U-Net ({UNET}, skull-stripped) trained on "
              "them and on the real patches (each U-Net at its epoch of best whole-volume DSC on the validation "
              "patients), tested on whole volumes of the real (simulated) test patients by 3D sliding window; "
-             "mean ± SD over patients. HD95 and BAVD in mm, "
-             "BAVD_VOX in voxels (the 3D paper's unit). "
+             "mean ± SD over patients. HD95 and BAVD in mm, BAVD_VOX in voxels (the 3D paper's unit). "
              "`intracranial`: label and prediction masked with the brain mask.", "", table, "",
              f"Synthetic / real intracranial DSC: **{ratio:.2f}** (target ≥ 0.75; the paper 0.841 / 0.901 = 0.93)."
              if ratio is not None else "Synthetic / real intracranial DSC: n/a.", "",
